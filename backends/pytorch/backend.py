@@ -1,0 +1,196 @@
+"""The PyTorch backend: eager by default, torch.compile on request."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from backends.base import Backend, LossConfig, Settings, Weights
+from backends.pytorch.losses import distill_loss
+from backends.pytorch.model import build_module, load_weights, read_grads, read_weights
+from backends.pytorch.optim import make_optimizer, set_lr
+from benchmarks.architectures import Architecture
+
+
+@dataclass
+class TorchModel:
+    module: nn.Module
+    run: Any  # the module, or torch.compile(module)
+    names: list[str]
+
+
+@dataclass
+class TorchData:
+    x: torch.Tensor  # NCHW
+    y: torch.Tensor
+
+
+@dataclass
+class TorchState:
+    model: TorchModel
+    optimizer: torch.optim.Optimizer
+    loss: LossConfig
+    teacher: TorchModel | None
+
+
+class PyTorchBackend(Backend):
+    name = "pytorch"
+
+    def __init__(self) -> None:
+        self.settings = Settings()
+        self.device = torch.device("cpu")
+
+    def setup(self, settings: Settings) -> None:
+        self.settings = settings
+        if settings.device == "gpu" and not torch.cuda.is_available():
+            raise RuntimeError("device 'gpu' was asked for but torch sees no CUDA device")
+        use_cuda = settings.device != "cpu" and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        torch.set_num_threads(settings.threads)
+        try:
+            torch.set_num_interop_threads(settings.threads)
+        except RuntimeError:  # already set in this process; keep what is in force
+            pass
+        tf32 = settings.precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+        if settings.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+
+    @property
+    def compile_mode(self) -> str:
+        return "torch.compile" if self.settings.compile == "compiled" else "eager"
+
+    def environment(self) -> dict[str, Any]:
+        cuda = self.device.type == "cuda"
+        return {
+            "framework": "torch",
+            "framework_version": torch.__version__,
+            "device": torch.cuda.get_device_name(self.device) if cuda else "cpu",
+            "device_kind": "gpu" if cuda else "cpu",
+            "cuda_version": torch.version.cuda if cuda else None,
+            "cudnn_version": torch.backends.cudnn.version() if cuda else None,
+            "compile_mode": self.compile_mode,
+            "intra_op_threads": torch.get_num_threads(),
+            "inter_op_threads": torch.get_num_interop_threads(),
+            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "tf32_conv": bool(torch.backends.cudnn.allow_tf32),
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "memory_counter": "torch.cuda.max_memory_allocated" if cuda else None,
+        }
+
+    def put_dataset(self, x: np.ndarray, y: np.ndarray) -> TorchData:
+        x_nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        return TorchData(
+            x=x_nchw.to(self.device).contiguous(),
+            y=torch.from_numpy(y.astype(np.int64)).to(self.device),
+        )
+
+    def build(self, arch: Architecture, weights: Weights, seed: int = 0) -> TorchModel:
+        torch.manual_seed(seed)
+        module = build_module(arch)
+        load_weights(module, weights)
+        module.to(self.device)
+        run = torch.compile(module) if self.settings.compile == "compiled" else module
+        return TorchModel(module=module, run=run, names=list(arch.param_shapes()))
+
+    def get_weights(self, model: TorchModel) -> Weights:
+        return read_weights(model.module, model.names)
+
+    def _batch(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(self.device)
+
+    def forward(self, model: TorchModel, x: np.ndarray) -> np.ndarray:
+        model.module.eval()
+        with torch.no_grad():
+            return model.run(self._batch(x.astype(np.float32))).cpu().numpy()
+
+    def loss_and_grads(
+        self,
+        model: TorchModel,
+        x: np.ndarray,
+        y: np.ndarray,
+        loss: LossConfig,
+        teacher: TorchModel | None = None,
+    ) -> tuple[float, Weights]:
+        xb = self._batch(x.astype(np.float32))
+        yb = torch.from_numpy(y.astype(np.int64)).to(self.device)
+        teacher_logits = self._teacher_logits(teacher, xb)
+        model.module.train()
+        model.module.zero_grad(set_to_none=True)
+        value = distill_loss(loss, model.run(xb), yb, teacher_logits)
+        value.backward()
+        return float(value.detach()), read_grads(model.module, model.names)
+
+    def _teacher_logits(self, teacher: TorchModel | None, xb: torch.Tensor) -> torch.Tensor | None:
+        if teacher is None:
+            return None
+        with torch.no_grad():
+            return teacher.run(xb)
+
+    def init_train(
+        self,
+        model: TorchModel,
+        optimizer: dict[str, Any],
+        loss: LossConfig,
+        teacher: TorchModel | None = None,
+    ) -> TorchState:
+        if teacher is not None:
+            teacher.module.eval()
+            teacher.module.requires_grad_(False)
+        model.module.train()
+        opt = make_optimizer(model.module.parameters(), optimizer)
+        return TorchState(model=model, optimizer=opt, loss=loss, teacher=teacher)
+
+    def train_step(
+        self, state: TorchState, data: TorchData, indices: np.ndarray, lr: float
+    ) -> tuple[TorchState, torch.Tensor]:
+        idx = torch.from_numpy(indices).to(self.device, non_blocking=True)
+        xb = data.x.index_select(0, idx)
+        yb = data.y.index_select(0, idx)
+        teacher_logits = self._teacher_logits(state.teacher, xb)
+        module = state.model.module
+        if not module.training:
+            module.train()
+        loss = distill_loss(state.loss, state.model.run(xb), yb, teacher_logits)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        set_lr(state.optimizer, lr)
+        state.optimizer.step()
+        return state, loss.detach()
+
+    def trained_model(self, state: TorchState) -> TorchModel:
+        return state.model
+
+    def predict(self, model: TorchModel, data: TorchData, indices: np.ndarray) -> torch.Tensor:
+        if model.module.training:
+            model.module.eval()
+        idx = torch.from_numpy(indices).to(self.device, non_blocking=True)
+        with torch.no_grad():
+            return model.run(data.x.index_select(0, idx))
+
+    def to_numpy(self, handle: Any) -> np.ndarray:
+        if isinstance(handle, list | tuple):
+            return torch.stack(list(handle)).cpu().numpy()
+        return handle.detach().cpu().numpy()
+
+    def sync(self, handle: Any = None) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def reset_peak_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_memory(self) -> int | None:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return None

@@ -1,0 +1,103 @@
+"""Neutral architecture -> torch modules, and weights in both directions.
+
+PyTorch is NCHW with OIHW conv kernels and (out, in) linear weights; the
+neutral layouts are NHWC, HWIO and (in, out). Data is moved to NCHW once
+when it is put on the device, and Flatten goes back to NHWC order so the
+dense layer after it sees features in the neutral order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.architectures import Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool, ReLU
+from backends.base import Weights
+
+
+class FlattenNHWC(nn.Module):
+    """Flatten in (H, W, C) order, the order the neutral weights assume."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            x = x.permute(0, 2, 3, 1)
+        return x.reshape(x.shape[0], -1)
+
+
+def build_module(arch: Architecture) -> nn.Sequential:
+    modules: list[nn.Module] = []
+    for _, layer, in_shape, _ in arch.walk():
+        if isinstance(layer, Dense):
+            modules.append(nn.Linear(in_shape[-1], layer.units))
+        elif isinstance(layer, Conv2D):
+            modules.append(
+                nn.Conv2d(
+                    in_shape[-1],
+                    layer.filters,
+                    layer.kernel,
+                    stride=layer.stride,
+                    padding=layer.padding,
+                )
+            )
+        elif isinstance(layer, MaxPool):
+            modules.append(nn.MaxPool2d(layer.size))
+        elif isinstance(layer, Flatten):
+            modules.append(FlattenNHWC())
+        elif isinstance(layer, ReLU):
+            modules.append(nn.ReLU())
+        elif isinstance(layer, Dropout):
+            modules.append(nn.Dropout(layer.rate))
+        else:  # pragma: no cover - the spec admits no other layer
+            raise TypeError(f"no torch module for layer {layer!r}")
+    return nn.Sequential(*modules)
+
+
+def to_torch_layout(name: str, value: np.ndarray) -> np.ndarray:
+    if name.endswith(".kernel"):
+        if value.ndim == 4:  # HWIO -> OIHW
+            return value.transpose(3, 2, 0, 1)
+        return value.T  # (in, out) -> (out, in)
+    return value
+
+
+def from_torch_layout(name: str, value: np.ndarray) -> np.ndarray:
+    if name.endswith(".kernel"):
+        if value.ndim == 4:  # OIHW -> HWIO
+            return value.transpose(2, 3, 1, 0)
+        return value.T
+    return value
+
+
+def torch_name(name: str) -> str:
+    """'3.kernel' -> '3.weight' (the Sequential index is the layer index)."""
+    index, kind = name.split(".")
+    return f"{index}.{'weight' if kind == 'kernel' else 'bias'}"
+
+
+def load_weights(module: nn.Module, weights: Weights) -> None:
+    state = {
+        torch_name(k): torch.from_numpy(np.ascontiguousarray(to_torch_layout(k, v)))
+        for k, v in weights.items()
+    }
+    module.load_state_dict(state, strict=True)
+
+
+def read_weights(module: nn.Module, names: list[str]) -> Weights:
+    state = module.state_dict()
+    return {
+        name: np.ascontiguousarray(
+            from_torch_layout(name, state[torch_name(name)].detach().cpu().numpy())
+        ).astype(np.float32)
+        for name in names
+    }
+
+
+def read_grads(module: nn.Module, names: list[str]) -> Weights:
+    params = dict(module.named_parameters())
+    return {
+        name: np.ascontiguousarray(
+            from_torch_layout(name, params[torch_name(name)].grad.detach().cpu().numpy())
+        )
+        for name in names
+    }

@@ -1,0 +1,114 @@
+"""One benchmark cell in its own process: ``python -m benchmarks.cell JOB.json``.
+
+A fresh process per cell gives every framework a clean memory high-water
+mark and keeps a crash to one cell. Progress goes to stdout as lines that
+start with EVENT_PREFIX; the record goes to the file the job names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from backends.base import Settings
+from benchmarks.environment import host_environment
+from benchmarks.records import SCHEMA_VERSION
+from benchmarks.spec import LoadedSpec, load_spec
+
+EVENT_PREFIX = "@kdbench "
+
+
+@dataclass(frozen=True)
+class CellJob:
+    spec_path: str
+    backend: str
+    seed: int
+    settings: Settings
+    run_id: str
+    record_file: str
+    data_dir: str | None = None
+
+    @property
+    def cell_id(self) -> str:
+        return f"{Path(self.spec_path).stem}/{self.backend}/seed{self.seed}"
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "settings": self.settings.as_dict()})
+
+    @classmethod
+    def from_json(cls, text: str) -> CellJob:
+        raw = json.loads(text)
+        return cls(**{**raw, "settings": Settings(**raw["settings"])})
+
+
+def base_record(job: CellJob, loaded: LoadedSpec) -> dict[str, Any]:
+    """The fields every record has, whatever became of the cell."""
+    spec = loaded.spec
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": job.run_id,
+        "cell_id": job.cell_id,
+        "spec": {"name": spec.name, "hash": loaded.content_hash, "path": str(loaded.path)},
+        "backend": job.backend,
+        "seed": job.seed,
+        "settings": {
+            **job.settings.as_dict(),
+            "teacher_batch_size": spec.teacher.batch_size,
+            "student_batch_size": spec.student.batch_size,
+            "eval_batch_size": spec.measure.eval_batch_size,
+            "warmup_steps": spec.measure.warmup_steps,
+            "method": spec.distill.method,
+            "temperature": spec.distill.temperature,
+            "alpha": spec.distill.alpha,
+        },
+        "host": host_environment(),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "status": "failed",
+        "error": None,
+    }
+
+
+def emit(event: dict[str, Any]) -> None:
+    print(EVENT_PREFIX + json.dumps(event), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.harness import run_cell
+
+    args = sys.argv[1:] if argv is None else argv
+    job = CellJob.from_json(Path(args[0]).read_text())
+    started = time.perf_counter()
+    loaded = load_spec(job.spec_path)
+    record = base_record(job, loaded)
+    try:
+        result = run_cell(loaded, job.backend, job.seed, job.settings, job.data_dir, emit)
+    except Exception as exc:  # noqa: BLE001 - any failure becomes the cell's record
+        record["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
+        record["traceback"] = traceback.format_exc()[-8000:]
+        status = 1
+    else:
+        env = result.pop("environment")
+        record.update(result)
+        record["framework"] = env.pop("framework")
+        record["framework_version"] = env.pop("framework_version")
+        record["device"] = env.pop("device")
+        record["settings"]["compile_mode"] = env.get("compile_mode")
+        record["environment"] = env
+        record["status"] = "ok"
+        status = 0
+    record["duration_s"] = time.perf_counter() - started
+    tmp = Path(job.record_file + ".tmp")
+    tmp.write_text(json.dumps(record, allow_nan=True, default=str))
+    os.replace(tmp, job.record_file)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

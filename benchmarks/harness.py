@@ -1,0 +1,263 @@
+"""The pipeline of one cell: teacher, scratch student, distilled student.
+
+The harness owns the loop and the clock. Every step is timed the same way
+for every backend: the clock starts, the backend runs one step, the device is
+synchronised, the clock stops. The first warm-up steps of each phase (which
+include compilation) are reported apart from the steady state.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psutil
+
+from backends.base import Backend, LossConfig, Settings, get_backend
+from benchmarks.datasets import Dataset, load_dataset
+from benchmarks.initial_weights import init_weights
+from benchmarks.plan import BatchPlan, learning_rates, make_plan, rng_for
+from benchmarks.spec import LoadedSpec, NetSpec
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+def _no_emit(event: dict[str, Any]) -> None:
+    pass
+
+
+def step_stats(times: np.ndarray, warmup: int, batch_size: int) -> dict[str, Any]:
+    """Warm-up apart; median, IQR and p90 of the steady-state steps."""
+    warm = times[:warmup]
+    steady = times[warmup:] if len(times) > warmup else times[-1:]
+    median = float(np.median(steady))
+    q25, q75, p90 = (float(v) for v in np.percentile(steady, [25, 75, 90]))
+    return {
+        "warmup_steps": int(len(warm)),
+        "warmup_s": float(warm.sum()),
+        "first_step_s": float(times[0]),
+        "steady_steps": int(len(steady)),
+        "step_time_median_s": median,
+        "step_time_iqr_s": q75 - q25,
+        "step_time_p90_s": p90,
+        "step_time_mean_s": float(steady.mean()),
+        "throughput_samples_per_s": batch_size / median,
+    }
+
+
+def host_peak_rss() -> int:
+    """The process's resident-set high-water mark (Linux reports KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+@dataclass
+class Cell:
+    """Everything one (spec, backend, seed) needs, built once."""
+
+    loaded: LoadedSpec
+    backend: Backend
+    seed: int
+    data: Dataset
+    warmup: int
+    emit: Emit = _no_emit
+
+
+def train_phase(
+    cell: Cell, phase: str, net: NetSpec, state: Any, data: Any, plan: BatchPlan
+) -> tuple[Any, dict[str, Any]]:
+    backend = cell.backend
+    lrs = learning_rates(net, plan)
+    times = np.empty(plan.total_steps)
+    epoch_losses: list[float] = []
+    loss0 = float("nan")
+    backend.reset_peak_memory()
+    started = time.perf_counter()
+    step = 0
+    for epoch in range(plan.epochs):
+        handles = []
+        for batch in range(plan.steps_per_epoch):
+            t0 = time.perf_counter()
+            state, loss = backend.train_step(state, data, plan.indices[epoch, batch], lrs[step])
+            backend.sync(loss)
+            times[step] = time.perf_counter() - t0
+            handles.append(loss)
+            step += 1
+        losses = backend.to_numpy(handles).astype(np.float64)
+        if epoch == 0:
+            loss0 = float(losses[0])
+        epoch_losses.append(float(losses.mean()))
+        cell.emit({"phase": phase, "epoch": epoch + 1, "epochs": plan.epochs})
+    wall = time.perf_counter() - started
+    if not np.all(np.isfinite(epoch_losses)):
+        raise FloatingPointError(f"{phase}: the training loss is not finite: {epoch_losses}")
+    stats = {
+        "steps": plan.total_steps,
+        "samples": plan.total_steps * plan.batch_size,
+        "epochs": plan.epochs,
+        "batch_size": plan.batch_size,
+        "wall_s": wall,
+        "loss_step0": loss0,
+        "loss_epochs": epoch_losses,
+        **step_stats(times, cell.warmup, plan.batch_size),
+        "device_peak_bytes": backend.peak_memory(),
+        "host_peak_rss_bytes": host_peak_rss(),
+        "step_times_s": [round(float(t), 9) for t in times],
+    }
+    return state, stats
+
+
+def predict_all(
+    cell: Cell, model: Any, data: Any, n: int, batch: int
+) -> tuple[np.ndarray, list[float]]:
+    """Logits for a whole split, batch by batch, and each batch's synced time."""
+    backend = cell.backend
+    logits, times = [], []
+    for start in range(0, n, batch):
+        idx = np.arange(start, min(start + batch, n), dtype=np.int32)
+        t0 = time.perf_counter()
+        out = backend.predict(model, data, idx)
+        backend.sync(out)
+        times.append(time.perf_counter() - t0)
+        logits.append(backend.to_numpy(out))
+    return np.concatenate(logits), times
+
+
+def run_cell(
+    loaded: LoadedSpec,
+    backend_name: str,
+    seed: int,
+    settings: Settings,
+    data_dir: str | None = None,
+    emit: Emit = _no_emit,
+) -> dict[str, Any]:
+    """Train and evaluate one cell; returns the metric part of its record."""
+    spec = loaded.spec
+    timings: dict[str, float] = {}
+    rss_start = psutil.Process().memory_info().rss
+
+    t0 = time.perf_counter()
+    backend = get_backend(backend_name)
+    backend.setup(settings)
+    timings["setup_s"] = time.perf_counter() - t0
+    rss_framework = psutil.Process().memory_info().rss
+
+    t0 = time.perf_counter()
+    d = spec.data
+    data = load_dataset(
+        d.dataset,
+        seed=seed,
+        path=data_dir or d.path,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        train_limit=d.train_limit,
+        synthetic_samples=d.samples or 2048,
+        synthetic_shape=tuple(d.shape) if d.shape else (28, 28, 1),
+        synthetic_classes=d.classes or 10,
+    )
+    timings["data_load_s"] = time.perf_counter() - t0
+    cell = Cell(loaded, backend, seed, data, spec.measure.warmup_steps, emit)
+
+    t0 = time.perf_counter()
+    train = backend.put_dataset(data.x_train, data.y_train)
+    test = backend.put_dataset(data.x_test, data.y_test)
+    val = backend.put_dataset(data.x_val, data.y_val) if len(data.y_val) else None
+    backend.sync()
+    timings["put_dataset_s"] = time.perf_counter() - t0
+
+    n_train = len(data.y_train)
+    teacher_w = init_weights(loaded.teacher_arch, rng_for(seed, "teacher-init"))
+    student_w = init_weights(loaded.student_arch, rng_for(seed, "student-init"))
+    t_plan = make_plan(
+        n_train, spec.teacher.batch_size, spec.teacher.epochs, rng_for(seed, "teacher-plan")
+    )
+    # The scratch and distilled students see the same batches from the same start.
+    s_plan = make_plan(
+        n_train, spec.student.batch_size, spec.student.epochs, rng_for(seed, "student-plan")
+    )
+    dropout_seeds = rng_for(seed, "dropout").integers(0, 2**31 - 1, size=3)
+
+    phases: dict[str, dict[str, Any]] = {}
+    teacher = backend.build(loaded.teacher_arch, teacher_w, seed=int(dropout_seeds[0]))
+    state = backend.init_train(teacher, spec.teacher.optimizer.resolved(), LossConfig("none"))
+    state, phases["teacher"] = train_phase(cell, "teacher", spec.teacher, state, train, t_plan)
+    teacher = backend.trained_model(state)
+
+    scratch = backend.build(loaded.student_arch, student_w, seed=int(dropout_seeds[1]))
+    state = backend.init_train(scratch, spec.student.optimizer.resolved(), LossConfig("none"))
+    state, phases["scratch"] = train_phase(cell, "scratch", spec.student, state, train, s_plan)
+    scratch = backend.trained_model(state)
+
+    distill = spec.distill
+    loss = LossConfig(distill.method, distill.temperature, distill.alpha)
+    student = backend.build(loaded.student_arch, student_w, seed=int(dropout_seeds[2]))
+    state = backend.init_train(student, spec.student.optimizer.resolved(), loss, teacher=teacher)
+    state, phases["distill"] = train_phase(cell, "distill", spec.student, state, train, s_plan)
+    student = backend.trained_model(state)
+
+    cell.emit({"phase": "eval"})
+    batch = spec.measure.eval_batch_size
+    backend.reset_peak_memory()
+    t0 = time.perf_counter()
+    preds: dict[str, np.ndarray] = {}
+    eval_times: list[float] = []
+    val_acc: dict[str, float | None] = {}
+    for name, model in (("teacher", teacher), ("scratch", scratch), ("distilled", student)):
+        logits, times = predict_all(cell, model, test, len(data.y_test), batch)
+        preds[name] = logits.argmax(axis=-1)
+        eval_times += times
+        if val is not None:
+            vlogits, _ = predict_all(cell, model, val, len(data.y_val), batch)
+            val_acc[name] = float(np.mean(vlogits.argmax(axis=-1) == data.y_val))
+        else:
+            val_acc[name] = None
+    eval_wall = time.perf_counter() - t0
+    # The first eval batch of each model may compile; report the steady ones.
+    steady_eval = np.array(eval_times[1:] or eval_times)
+    phases["eval"] = {
+        "wall_s": eval_wall,
+        "batches": len(eval_times),
+        "batch_size": batch,
+        "batch_time_median_s": float(np.median(steady_eval)),
+        "throughput_samples_per_s": min(batch, len(data.y_test)) / float(np.median(steady_eval)),
+        "device_peak_bytes": backend.peak_memory(),
+    }
+
+    y = data.y_test
+    acc = {name: float(np.mean(p == y)) for name, p in preds.items()}
+    metrics = {
+        "teacher_acc": acc["teacher"],
+        "scratch_acc": acc["scratch"],
+        "distilled_acc": acc["distilled"],
+        "gain": acc["distilled"] - acc["scratch"],
+        "agreement": float(np.mean(preds["teacher"] == preds["distilled"])),
+        "agreement_scratch": float(np.mean(preds["teacher"] == preds["scratch"])),
+        "teacher_val_acc": val_acc["teacher"],
+        "scratch_val_acc": val_acc["scratch"],
+        "distilled_val_acc": val_acc["distilled"],
+        "teacher_params": loaded.teacher_arch.param_count(),
+        "student_params": loaded.student_arch.param_count(),
+    }
+    return {
+        "environment": backend.environment(),
+        "metrics": metrics,
+        "phases": phases,
+        "timings": timings,
+        "data": {
+            "dataset": data.name,
+            "train": n_train,
+            "val": len(data.y_val),
+            "test": len(y),
+            "shape": list(data.shape),
+            "classes": data.classes,
+        },
+        "memory": {
+            "host_rss_start_bytes": rss_start,
+            "host_rss_after_framework_bytes": rss_framework,
+            "framework_import_bytes": rss_framework - rss_start,
+            "host_peak_rss_bytes": host_peak_rss(),
+        },
+    }

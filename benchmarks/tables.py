@@ -1,0 +1,74 @@
+"""Summary tables: the frameworks side by side, one row per backend."""
+
+from __future__ import annotations
+
+import pandas as pd
+from rich.table import Table
+
+GROUP = ["spec.name", "device", "settings.compile_mode", "settings.precision", "backend"]
+
+# column in the records -> (header with unit, scale, decimals, aggregate)
+COLUMNS: dict[str, tuple[str, float, int, str]] = {
+    "metrics.teacher_acc": ("teacher acc %", 100.0, 2, "mean_std"),
+    "metrics.scratch_acc": ("scratch acc %", 100.0, 2, "mean_std"),
+    "metrics.distilled_acc": ("distilled acc %", 100.0, 2, "mean_std"),
+    "metrics.gain": ("gain pts", 100.0, 2, "mean_std"),
+    "metrics.agreement": ("agreement %", 100.0, 1, "mean_std"),
+    "phases.teacher.step_time_median_s": ("teacher step ms", 1e3, 2, "median"),
+    "phases.distill.step_time_median_s": ("distill step ms", 1e3, 2, "median"),
+    "phases.distill.throughput_samples_per_s": ("distill samples/s", 1.0, 0, "median"),
+    "phases.distill.warmup_s": ("distill warm-up s", 1.0, 3, "median"),
+    "duration_s": ("cell wall s", 1.0, 1, "median"),
+}
+
+
+def _fmt(values: pd.Series, scale: float, decimals: int, how: str) -> str:
+    values = pd.to_numeric(values, errors="coerce").dropna() * scale
+    if values.empty:
+        return "-"
+    if how == "median":
+        return f"{values.median():.{decimals}f}"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{decimals}f}"
+    return f"{values.mean():.{decimals}f} ± {values.std(ddof=1):.{decimals}f}"
+
+
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (spec, device, settings, backend): mean ± sd over seeds."""
+    if frame.empty:
+        return pd.DataFrame()
+    frame = frame.copy()
+    for column in GROUP:
+        if column not in frame:
+            frame[column] = "-"
+        frame[column] = frame[column].fillna("-")
+    rows = []
+    for keys, group in frame.groupby(GROUP, sort=False):
+        ok = group[group["status"] == "ok"]
+        row = dict(zip(["spec", "device", "compile", "precision", "backend"], keys, strict=True))
+        row["seeds ok"] = f"{len(ok)}/{len(group)}"
+        for column, (header, scale, decimals, how) in COLUMNS.items():
+            row[header] = _fmt(ok[column], scale, decimals, how) if column in ok else "-"
+        failed = group[group["status"] != "ok"]
+        if not failed.empty:
+            first = failed.iloc[0]
+            row["failures"] = f"{first['status']}: {first.get('error') or ''}"[:120]
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
+
+
+KEYS = ("spec", "device", "compile", "precision", "backend", "failures")
+
+
+def rich_table(table: pd.DataFrame, title: str) -> Table:
+    """The summary as a rich table; key columns that never vary go to the caption."""
+    constant = [c for c in ("spec", "device", "compile", "precision") if table[c].nunique() == 1]
+    caption = ", ".join(f"{c}: {table[c].iloc[0]}" for c in constant)
+    table = table.drop(columns=constant)
+    out = Table(title=title, caption=caption, header_style="bold")
+    for column in table.columns:
+        numeric = column not in KEYS
+        out.add_column(column, justify="right" if numeric else "left")
+    for _, row in table.iterrows():
+        out.add_row(*(str(v) for v in row.tolist()))
+    return out

@@ -28,10 +28,15 @@ def maxpool(x: np.ndarray, size: int) -> np.ndarray:
     return x.reshape(n, oh, size, ow, size, c).max(axis=(2, 4))
 
 
-def forward(arch: Architecture, weights: Weights, x: np.ndarray) -> np.ndarray:
-    """Inference logits (dropout is the identity at inference)."""
+def forward(
+    arch: Architecture, weights: Weights, x: np.ndarray, stop: int | None = None
+) -> np.ndarray:
+    """Inference logits (dropout is the identity at inference).
+
+    stop: return the input of layer `stop` instead (for layer-wise oracles).
+    """
     h = np.asarray(x, dtype=np.float64)
-    for index, layer in enumerate(arch.layers):
+    for index, layer in enumerate(arch.layers[:stop]):
         if isinstance(layer, Dense):
             h = h @ weights[f"{index}.kernel"].astype(np.float64) + weights[f"{index}.bias"]
         elif isinstance(layer, Conv2D):

@@ -7,6 +7,7 @@ convention; this one is fixed here and documented in the README.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import sys
@@ -230,26 +231,28 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The model class that holds the field at loc, to list its allowed keys."""
+    from benchmarks import architectures
+
+    by_tag = {
+        cls.model_fields["type"].default: cls
+        for cls in (
+            architectures.Dense,
+            architectures.Conv2D,
+            architectures.MaxPool,
+            architectures.Flatten,
+            architectures.ReLU,
+            architectures.Dropout,
+        )
+    }
     model: Any = Spec
     for item in loc:
         if isinstance(item, int):
             continue
-        if isinstance(model, type) and issubclass(model, BaseModel):
+        if item in by_tag:
+            model = by_tag[item]
+        elif isinstance(model, type) and issubclass(model, BaseModel):
             field = model.model_fields.get(str(item))
-            if field is None:
-                from benchmarks import architectures
-
-                by_tag = {
-                    "dense": architectures.Dense,
-                    "conv2d": architectures.Conv2D,
-                    "maxpool": architectures.MaxPool,
-                    "flatten": architectures.Flatten,
-                    "relu": architectures.ReLU,
-                    "dropout": architectures.Dropout,
-                }
-                model = by_tag.get(str(item))
-                continue
-            model = _unwrap(field.annotation)
+            model = _unwrap(field.annotation) if field else None
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
@@ -265,8 +268,12 @@ def _describe(error: dict[str, Any]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         holder = _model_at(loc[:-1])
-        allowed = ", ".join(holder.model_fields) if holder else "see the README"
-        return f"{_format_loc(loc)}: unknown key; allowed keys here: {allowed}"
+        if holder is None:  # pragma: no cover - every model in the spec is reachable
+            return f"{_format_loc(loc)}: unknown key"
+        allowed = list(holder.model_fields)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" did you mean {close[0]!r}?" if close else ""
+        return f"{_format_loc(loc)}: unknown key;{hint} allowed keys here: {', '.join(allowed)}"
     if kind == "missing":
         return f"{_format_loc(loc)}: required field is missing"
     message = error["msg"].removeprefix("Value error, ")
@@ -283,6 +290,11 @@ def parse_spec(data: dict[str, Any], source: str) -> Spec:
         return Spec.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
+        # A misspelt key also makes the real one "missing": report the typo only.
+        misspelt = {tuple(e["loc"][:-1]) for e in errors if e["type"] == "extra_forbidden"}
+        errors = [
+            e for e in errors if not (e["type"] == "missing" and tuple(e["loc"][:-1]) in misspelt)
+        ]
         lines = [f"{source}: {_describe(err)}" for err in errors]
         raise KdbenchError("\n".join(lines)) from None
 

@@ -1,0 +1,41 @@
+"""Shared fixtures: backends set up once per test session, caches kept out of $HOME."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from backends.base import Backend, Settings, backend_names, get_backend, is_installed
+
+MARKS = {"pytorch": "torch", "tensorflow": "tensorflow", "jax": "jax"}
+_BACKENDS: dict[str, Backend] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("KDBENCH_CACHE_DIR", str(config.rootpath / ".pytest_cache" / "kdbench"))
+
+
+def backend_params(exclude: tuple[str, ...] = ()) -> list:
+    """One param per backend, marked with its framework and skipped where absent."""
+    return [
+        pytest.param(
+            name,
+            marks=[
+                getattr(pytest.mark, MARKS[name]),
+                pytest.mark.skipif(not is_installed(name), reason=f"{name} is not installed"),
+            ],
+            id=name,
+        )
+        for name in backend_names()
+        if name not in exclude
+    ]
+
+
+def backend(name: str) -> Backend:
+    """A set-up backend, shared by every test in the session."""
+    if name not in _BACKENDS:
+        b = get_backend(name)
+        b.setup(Settings(threads=2))
+        _BACKENDS[name] = b
+    return _BACKENDS[name]

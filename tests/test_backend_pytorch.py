@@ -1,0 +1,103 @@
+"""PyTorch-specific duties: layouts, a frozen teacher, compile mode, counters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import backend
+from parity_checks import parity_architectures, weights
+
+from backends.base import LossConfig, Settings
+from benchmarks.architectures import resolve
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+ARCHS = parity_architectures()
+
+
+@pytest.fixture
+def pt():
+    return backend("pytorch")
+
+
+def test_weights_round_trip_in_neutral_layouts(pt) -> None:
+    arch = ARCHS["conv-same-stride"]
+    w = weights(arch)
+    back = pt.get_weights(pt.build(arch, w))
+    assert set(back) == set(w)
+    for name in w:
+        np.testing.assert_array_equal(back[name], w[name])
+
+
+def test_teacher_is_frozen_and_runs_without_dropout(pt) -> None:
+    arch = resolve("cnn-small", None, (28, 28, 1), 10)  # has dropout
+    x = np.random.default_rng(0).normal(size=(64, 28, 28, 1)).astype(np.float32)
+    y = np.zeros(64, dtype=np.int32)
+    teacher_w = weights(arch, "teacher")
+    teacher = pt.build(arch, teacher_w)
+    student = pt.build(arch, weights(arch))
+    data = pt.put_dataset(x, y)
+    state = pt.init_train(
+        student,
+        {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
+        LossConfig("soft", 4.0, 0.9),
+        teacher,
+    )
+    idx = np.arange(32, dtype=np.int32)
+    first = pt.to_numpy(pt.predict(teacher, data, idx))
+    for _ in range(3):
+        state, _ = pt.train_step(state, data, idx, 0.1)
+    assert not teacher.module.training
+    assert all(p.grad is None and not p.requires_grad for p in teacher.module.parameters())
+    after = pt.get_weights(teacher)
+    for name in teacher_w:
+        np.testing.assert_array_equal(after[name], teacher_w[name])
+    np.testing.assert_array_equal(pt.to_numpy(pt.predict(teacher, data, idx)), first)
+    assert state.model.module.training  # the student trains with dropout on
+
+
+def test_environment_records_the_flags_in_force(pt) -> None:
+    env = pt.environment()
+    assert env["framework"] == "torch" and env["framework_version"] == torch.__version__
+    assert env["compile_mode"] == "eager" and env["device_kind"] == "cpu"
+    assert env["intra_op_threads"] == 2 and env["tf32_matmul"] is False
+    assert env["memory_counter"] is None and pt.peak_memory() is None
+
+
+@pytest.mark.slow
+def test_compiled_mode_trains_like_eager() -> None:
+    from backends.pytorch.backend import PyTorchBackend
+
+    arch = ARCHS["mlp-16"]
+    x = np.random.default_rng(0).normal(size=(64, 28, 28, 1)).astype(np.float32)
+    y = (np.arange(64) % 10).astype(np.int32)
+    losses = {}
+    for mode in ("eager", "compiled"):
+        b = PyTorchBackend()
+        b.setup(Settings(compile=mode, threads=2))
+        data = b.put_dataset(x, y)
+        state = b.init_train(
+            b.build(arch, weights(arch)),
+            {"name": "adam", "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+            LossConfig("none"),
+        )
+        out = []
+        for step in range(5):
+            state, loss = b.train_step(
+                state, data, np.arange(step, step + 32, dtype=np.int32), 1e-3
+            )
+            out.append(loss)
+        losses[mode] = b.to_numpy(out)
+        assert b.environment()["compile_mode"] == (
+            "torch.compile" if mode == "compiled" else "eager"
+        )
+    np.testing.assert_allclose(losses["compiled"], losses["eager"], rtol=1e-5)
+
+
+def test_gpu_request_without_a_gpu_fails_clearly() -> None:
+    from backends.pytorch.backend import PyTorchBackend
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        PyTorchBackend().setup(Settings(device="gpu", threads=2))

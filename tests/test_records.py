@@ -1,0 +1,87 @@
+"""Result records: appended one line at a time, read back even after a crash."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks.errors import KdbenchError
+from benchmarks.records import append_record, load_runs, read_records
+from benchmarks.tables import summary
+
+
+def record(backend: str, seed: int, acc: float, status: str = "ok") -> dict:
+    return {
+        "schema_version": 1,
+        "cell_id": f"s/{backend}/seed{seed}",
+        "spec": {"name": "s", "hash": "abc"},
+        "backend": backend,
+        "device": "cpu",
+        "seed": seed,
+        "settings": {"compile_mode": "eager", "precision": "float32"},
+        "status": status,
+        "error": None if status == "ok" else "boom",
+        "duration_s": 1.0,
+        "metrics": {
+            "teacher_acc": 0.9,
+            "scratch_acc": acc,
+            "distilled_acc": acc + 0.01,
+            "gain": 0.01,
+            "agreement": 0.95,
+        },
+        "phases": {
+            "distill": {
+                "step_time_median_s": 0.002,
+                "throughput_samples_per_s": 32000.0,
+                "warmup_s": 0.1,
+                "loss_step0": math.nan,
+                "step_times_s": [0.002, 0.002],
+            }
+        },
+    }
+
+
+def test_append_then_load(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    for seed in range(2):
+        append_record(path, record("pytorch", seed, 0.8))
+    append_record(path, record("jax", 0, 0.8, status="failed"))
+    rows = read_records(path)
+    assert [r["seed"] for r in rows] == [0, 1, 0]
+    assert rows[0]["phases"]["distill"]["loss_step0"] is None  # NaN is stored as null
+    frame = load_runs([tmp_path])
+    assert len(frame) == 3 and "metrics.scratch_acc" in frame
+    assert "phases.distill.step_times_s" not in frame  # raw samples only on request
+    assert "phases.distill.step_times_s" in load_runs([tmp_path], keep_step_times=True)
+    table = summary(frame).set_index("backend")
+    assert table.loc["pytorch", "seeds ok"] == "2/2"
+    assert table.loc["pytorch", "scratch acc %"] == "80.00 ± 0.00"
+    assert table.loc["jax", "seeds ok"] == "0/1" and "failed: boom" in table.loc["jax", "failures"]
+
+
+def test_a_torn_last_line_keeps_every_complete_record(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    append_record(path, record("pytorch", 0, 0.8))
+    append_record(path, record("pytorch", 1, 0.8))
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record("pytorch", 2, 0.8))[:40])
+    before = path.read_bytes()
+    with pytest.warns(UserWarning, match="line 3 is incomplete"):
+        rows = read_records(path)
+    assert [r["seed"] for r in rows] == [0, 1]
+    assert path.read_bytes() == before  # reading never rewrites the file
+
+
+def test_a_damaged_middle_line_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"a": 1}\nnot json\n{"b": 2}\n')
+    with pytest.raises(KdbenchError, match="line 2 is not a JSON record"):
+        read_records(path)
+
+
+def test_loading_a_folder_without_results_says_what_to_give(tmp_path: Path) -> None:
+    with pytest.raises(KdbenchError, match="no results.jsonl here"):
+        load_runs([tmp_path])

@@ -1,0 +1,1 @@
+"""The TensorFlow backend. Importing this package does not import tensorflow."""

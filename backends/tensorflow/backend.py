@@ -1,0 +1,282 @@
+"""The TensorFlow backend: tf.function by default, XLA or plain eager on request.
+
+The model is raw tf.Variables and tf.nn ops (see model.py for why not Keras).
+One train step is one tf.function call: it gathers the batch from the
+device-resident split, runs the frozen teacher in inference mode outside the
+gradient tape, and applies the torch-convention optimizer (optim.py). The
+learning rate is a tf.Variable assigned before each call and the indices are
+an int32 tensor of a fixed shape, so the step is traced once per phase.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+# Quiet TF's C++ INFO and WARNING lines (errors still print); must precede the import.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from backends.base import Backend, LossConfig, Settings, Weights  # noqa: E402
+from backends.tensorflow.losses import distill_loss  # noqa: E402
+from backends.tensorflow.model import (  # noqa: E402
+    TFModule,
+    build_module,
+    load_weights,
+    read_grads,
+    read_weights,
+)
+from backends.tensorflow.optim import Optimizer, make_optimizer, set_lr  # noqa: E402
+from benchmarks.architectures import Architecture  # noqa: E402
+
+COMPILE_MODES = {"default": "tf.function", "compiled": "tf.function+xla", "eager": "eager"}
+
+
+@dataclass
+class TFModel:
+    module: TFModule
+    names: list[str]
+    # Inference functions, compiled lazily in the backend's mode and kept so
+    # later calls reuse their traces.
+    run: Callable[..., tf.Tensor] | None = None
+    predict: Callable[..., tf.Tensor] | None = None
+
+
+@dataclass
+class TFData:
+    x: tf.Tensor  # NHWC, TF's native layout: no transpose
+    y: tf.Tensor  # int32
+
+
+@dataclass
+class TFState:
+    model: TFModel
+    optimizer: Optimizer
+    loss: LossConfig
+    teacher: TFModel | None
+    step: Callable[..., tf.Tensor] | None = None
+    # How often the step's Python body ran: once per input shape under
+    # tf.function (the tests pin that), once per step in eager mode.
+    traces: int = 0
+
+
+def _op_determinism_enabled() -> bool:
+    """TF has no public getter; the private one has been stable since 2.9."""
+    try:
+        from tensorflow.python.framework import config as tf_config
+
+        return bool(tf_config.is_op_determinism_enabled())
+    except (ImportError, AttributeError):  # pragma: no cover - older or newer TF
+        return False
+
+
+class TensorFlowBackend(Backend):
+    name = "tensorflow"
+
+    def __init__(self) -> None:
+        self.settings = Settings()
+        self.gpu = False
+        self.device = "/CPU:0"
+
+    def setup(self, settings: Settings) -> None:
+        self.settings = settings
+        gpus = tf.config.list_physical_devices("GPU")
+        if settings.device == "gpu" and not gpus:
+            raise RuntimeError("device 'gpu' was asked for but tensorflow sees no GPU")
+        for gpu in gpus:
+            # TF grabs the whole GPU otherwise; growth keeps in-use peaks comparable.
+            with contextlib.suppress(RuntimeError):  # GPUs already initialised here
+                tf.config.experimental.set_memory_growth(gpu, True)
+        self.gpu = settings.device != "cpu" and bool(gpus)
+        self.device = "/GPU:0" if self.gpu else "/CPU:0"
+        # Same number for both pools, as the PyTorch backend does.
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(settings.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(settings.threads)
+        except RuntimeError:  # runtime already started here; keep what is in force
+            pass
+        tf.config.experimental.enable_tensor_float_32_execution(settings.precision == "tf32")
+        if settings.deterministic:
+            tf.config.experimental.enable_op_determinism()
+
+    @property
+    def compile_mode(self) -> str:
+        return COMPILE_MODES[self.settings.compile]
+
+    def environment(self) -> dict[str, Any]:
+        gpu = self.gpu
+        build = tf.sysconfig.get_build_info() if gpu else {}
+        device = "cpu"
+        if gpu:
+            details = tf.config.experimental.get_device_details(
+                tf.config.list_physical_devices("GPU")[0]
+            )
+            device = details.get("device_name", "gpu")
+        tf32 = bool(tf.config.experimental.tensor_float_32_execution_enabled())
+        return {
+            "framework": "tensorflow",
+            "framework_version": tf.__version__,
+            "device": device,
+            "device_kind": "gpu" if gpu else "cpu",
+            "cuda_version": build.get("cuda_version") if gpu else None,
+            "cudnn_version": build.get("cudnn_version") if gpu else None,
+            "compile_mode": self.compile_mode,
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "tf32_matmul": tf32,
+            "tf32_conv": tf32,  # one TF flag governs both
+            "deterministic": _op_determinism_enabled(),
+            "memory_counter": "tf.config.experimental.get_memory_info['peak']" if gpu else None,
+        }
+
+    def _compile(self, fn: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
+        """fn as the settings ask: traced, traced and XLA-compiled, or eager."""
+        if self.settings.compile == "eager":
+            return fn
+        return tf.function(fn, jit_compile=self.settings.compile == "compiled", **kwargs)
+
+    def put_dataset(self, x: np.ndarray, y: np.ndarray) -> TFData:
+        with tf.device(self.device):
+            # identity places the copy on the device (eager constants start on the host).
+            return TFData(
+                x=tf.identity(tf.convert_to_tensor(np.asarray(x, np.float32))),
+                y=tf.identity(tf.convert_to_tensor(np.asarray(y, np.int32))),
+            )
+
+    def build(self, arch: Architecture, weights: Weights, seed: int = 0) -> TFModel:
+        with tf.device(self.device):
+            module = build_module(arch, seed)
+            load_weights(module, weights)
+        return TFModel(module=module, names=list(arch.param_shapes()))
+
+    def get_weights(self, model: TFModel) -> Weights:
+        return read_weights(model.module, model.names)
+
+    def _compile_inference(
+        self, fn: Callable[..., tf.Tensor], signature: list[tf.TensorSpec]
+    ) -> Callable[..., tf.Tensor]:
+        """An inference function whose batch size may vary without a retrace."""
+        if self.settings.compile == "eager":
+            return fn
+        return self._compile(fn, input_signature=signature)
+
+    def _run_fn(self, model: TFModel) -> Callable[..., tf.Tensor]:
+        if model.run is None:
+            module = model.module
+
+            def run(x: tf.Tensor) -> tf.Tensor:
+                return module(x, training=False)
+
+            shape = (None, *module.arch.input_shape)
+            model.run = self._compile_inference(run, [tf.TensorSpec(shape, tf.float32)])
+        return model.run
+
+    def forward(self, model: TFModel, x: np.ndarray) -> np.ndarray:
+        with tf.device(self.device):
+            return self._run_fn(model)(tf.constant(x, tf.float32)).numpy()
+
+    def loss_and_grads(
+        self,
+        model: TFModel,
+        x: np.ndarray,
+        y: np.ndarray,
+        loss: LossConfig,
+        teacher: TFModel | None = None,
+    ) -> tuple[float, Weights]:
+        variables = model.module.variables_in_order
+
+        def grads_of(xb: tf.Tensor, yb: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+            teacher_logits = teacher.module(xb, training=False) if teacher else None
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(variables)
+                value = distill_loss(loss, model.module(xb, training=True), yb, teacher_logits)
+            return value, tape.gradient(value, variables)
+
+        with tf.device(self.device):
+            value, grads = self._compile(grads_of)(
+                tf.constant(x, tf.float32), tf.constant(y, tf.int32)
+            )
+        return float(value.numpy()), read_grads(model.module, grads, model.names)
+
+    def init_train(
+        self,
+        model: TFModel,
+        optimizer: dict[str, Any],
+        loss: LossConfig,
+        teacher: TFModel | None = None,
+    ) -> TFState:
+        variables = model.module.variables_in_order
+        with tf.device(self.device):
+            opt = make_optimizer(variables, optimizer)
+        state = TFState(model=model, optimizer=opt, loss=loss, teacher=teacher)
+        student = model.module
+        frozen = teacher.module if teacher is not None else None
+
+        def step(x: tf.Tensor, y: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+            state.traces += 1
+            xb = tf.gather(x, indices)
+            yb = tf.gather(y, indices)
+            # The teacher runs before the tape, in inference mode: no dropout, no gradient.
+            teacher_logits = frozen(xb, training=False) if frozen is not None else None
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(variables)
+                value = distill_loss(loss, student(xb, training=True), yb, teacher_logits)
+            opt.apply(tape.gradient(value, variables), variables)
+            return value
+
+        state.step = self._compile(step)
+        return state
+
+    def train_step(
+        self, state: TFState, data: TFData, indices: np.ndarray, lr: float
+    ) -> tuple[TFState, tf.Tensor]:
+        assert state.step is not None
+        with tf.device(self.device):
+            set_lr(state.optimizer, lr)
+            loss = state.step(data.x, data.y, tf.constant(indices, tf.int32))
+        return state, loss
+
+    def trained_model(self, state: TFState) -> TFModel:
+        return state.model
+
+    def predict(self, model: TFModel, data: TFData, indices: np.ndarray) -> tf.Tensor:
+        if model.predict is None:
+            module = model.module
+
+            def predict(x: tf.Tensor, idx: tf.Tensor) -> tf.Tensor:
+                return module(tf.gather(x, idx), training=False)
+
+            # Unknown sizes: the ragged last batch and other splits reuse the trace.
+            signature = [
+                tf.TensorSpec((None, *module.arch.input_shape), tf.float32),
+                tf.TensorSpec((None,), tf.int32),
+            ]
+            model.predict = self._compile_inference(predict, signature)
+        with tf.device(self.device):
+            return model.predict(data.x, tf.constant(indices, tf.int32))
+
+    def to_numpy(self, handle: Any) -> np.ndarray:
+        if isinstance(handle, list | tuple):
+            return tf.stack(list(handle)).numpy()
+        return handle.numpy()
+
+    def sync(self, handle: Any = None) -> None:
+        # On CPU with TF's default synchronous executor a call returns only when
+        # its kernels have run; GPU kernels run on streams and need a real sync.
+        if self.gpu or not tf.config.experimental.get_synchronous_execution():
+            tf.test.experimental.sync_devices()
+
+    def reset_peak_memory(self) -> None:
+        if self.gpu:
+            tf.config.experimental.reset_memory_stats("GPU:0")
+
+    def peak_memory(self) -> int | None:
+        if self.gpu:
+            return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+        return None

@@ -1,0 +1,109 @@
+"""Optimizers from the neutral description, in PyTorch's conventions, in tf ops.
+
+Keras's optimizers are not used because their conventions differ from the
+reference (torch.optim, oracle: benchmarks.optimizers):
+- Keras SGD keeps v = mu * v - lr * g (lr folded into the velocity), which
+  differs from torch's v = mu * v + g; p -= lr * v as soon as lr changes, and
+  the harness changes lr every step (cosine schedule).
+- Keras Adam adds epsilon to sqrt(v) and folds the bias correction into lr,
+  i.e. epsilon sits on sqrt(v) * sqrt(1 - beta2^t) instead of sqrt(v_hat).
+
+So both are written here, following torch's single-tensor kernels operation
+by operation (same float32 roundings where it is cheap to do so):
+- SGD: g += wd * p; v = mu * v + g (v starts at 0, so the first v is g, as in
+  torch's clone); p -= lr * v, or p -= lr * (g + mu * v) with Nesterov.
+- Adam: g += wd * p; m = lerp(m, g, 1 - beta1); v = beta2 * v + (1 - beta2) g^2;
+  p -= (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps), the bias
+  corrections computed in float64 like torch's Python scalars.
+
+Weight decay is L2 added to the gradient (torch's weight_decay), not AdamW.
+The learning rate lives in a float64 tf.Variable that set_lr assigns before
+every step, so a traced step reads the new value without being retraced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow as tf
+
+
+class Optimizer:
+    """State (slots, step count, lr) in tf.Variables, created eagerly up front
+    because a tf.function may not create variables after its first trace."""
+
+    def __init__(self, variables: Sequence[tf.Variable], config: dict[str, Any]) -> None:
+        self.config = dict(config)
+        self.name = config["name"]
+        if self.name not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {self.name!r}")
+        self.lr = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="lr")
+        self.step_count = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.weight_decay = float(config["weight_decay"])
+        self.slots: list[dict[str, tf.Variable]] = []
+        for var in variables:
+            slot: dict[str, tf.Variable] = {}
+            if self.name == "sgd" and config["momentum"]:
+                slot["v"] = tf.Variable(tf.zeros_like(var), trainable=False)
+            elif self.name == "adam":
+                slot["m"] = tf.Variable(tf.zeros_like(var), trainable=False)
+                slot["v"] = tf.Variable(tf.zeros_like(var), trainable=False)
+            self.slots.append(slot)
+
+    def apply(self, grads: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> None:
+        """One update of every variable with its gradient (eager or traced)."""
+        step = self.step_count.assign_add(1)
+        if self.name == "sgd":
+            self._sgd(grads, variables)
+        else:
+            self._adam(grads, variables, tf.cast(step, tf.float64))
+
+    def _decayed(self, grad: tf.Tensor, var: tf.Variable) -> tf.Tensor:
+        if self.weight_decay:
+            return grad + self.weight_decay * var
+        return grad
+
+    def _sgd(self, grads: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> None:
+        mu = float(self.config["momentum"])
+        lr = tf.cast(self.lr, tf.float32)
+        for grad, var, slot in zip(grads, variables, self.slots, strict=True):
+            g = self._decayed(grad, var)
+            if mu:
+                buf = slot["v"].assign(mu * slot["v"] + g)
+                g = g + mu * buf if self.config["nesterov"] else buf
+            var.assign_sub(lr * g)
+
+    def _adam(
+        self, grads: Sequence[tf.Tensor], variables: Sequence[tf.Variable], step: tf.Tensor
+    ) -> None:
+        beta1, beta2 = float(self.config["beta1"]), float(self.config["beta2"])
+        eps = float(self.config["eps"])
+        bias1 = 1.0 - tf.pow(tf.constant(beta1, tf.float64), step)
+        bias2 = 1.0 - tf.pow(tf.constant(beta2, tf.float64), step)
+        step_size = tf.cast(self.lr / bias1, tf.float32)
+        bias2_sqrt = tf.cast(tf.sqrt(bias2), tf.float32)
+        weight = 1.0 - beta1
+        for grad, var, slot in zip(grads, variables, self.slots, strict=True):
+            g = self._decayed(grad, var)
+            m, v = slot["m"], slot["v"]
+            m = m.assign(lerp(m, g, weight))
+            v = v.assign(v * beta2 + (1.0 - beta2) * g * g)
+            denom = tf.sqrt(v) / bias2_sqrt + eps
+            var.assign_sub(step_size * (m / denom))
+
+
+def lerp(start: tf.Tensor, end: tf.Tensor, weight: float) -> tf.Tensor:
+    """torch.lerp's formula, which switches form at weight 0.5 for accuracy."""
+    if abs(weight) < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (1.0 - weight)
+
+
+def make_optimizer(variables: Sequence[tf.Variable], config: dict[str, Any]) -> Optimizer:
+    # lr is set by the harness before every step; 0.0 is only a placeholder.
+    return Optimizer(variables, config)
+
+
+def set_lr(optimizer: Optimizer, lr: float) -> None:
+    optimizer.lr.assign(lr)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from conftest import backend
 from parity_checks import (
     GRAD_TOL,
@@ -24,9 +22,12 @@ from parity_checks import (
     trajectory,
 )
 
-import backends.pytorch.backend as torch_backend
-import backends.pytorch.model as torch_model
-from backends.pytorch.losses import distill_loss
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import backends.pytorch.backend as torch_backend  # noqa: E402
+import backends.pytorch.model as torch_model  # noqa: E402
+from backends.pytorch.losses import distill_loss  # noqa: E402
 
 pytestmark = pytest.mark.torch
 ARCHS = parity_architectures()

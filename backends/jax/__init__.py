@@ -1,0 +1,1 @@
+"""The JAX backend (flax + optax). Importing this package does not import jax."""

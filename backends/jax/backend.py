@@ -1,0 +1,394 @@
+"""The JAX backend: flax.linen + optax, one jax.jit train step per phase.
+
+Why linen and not nnx: a linen module is a pure function of an explicit
+params pytree, so the whole training state (params, optimizer state, step
+counter) is one pytree that jax.jit takes, donates and returns; nothing is
+split from or merged back into Python objects on each call, which nnx.jit
+does (or which one would do by hand with nnx.split/merge around jax.jit).
+The jitted step stays the leanest form JAX offers, and the step a reader
+sees is plain jax.
+
+The XLA environment variables are read when JAX creates its clients, not at
+import, but the allocator flag is set here before jax is imported anyway so
+no import order can defeat it: JAX would otherwise reserve 75% of a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any, NamedTuple  # noqa: E402
+
+import flax  # noqa: E402
+import jax  # noqa: E402
+import jaxlib  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax._src import xla_bridge  # noqa: E402 - backends_are_initialized has no public name
+
+from backends.base import Backend, LossConfig, Settings, Weights  # noqa: E402
+from backends.jax.losses import distill_loss  # noqa: E402
+from backends.jax.model import (  # noqa: E402
+    Net,
+    Params,
+    build_module,
+    load_weights,
+    read_grads,
+    read_weights,
+)
+from backends.jax.optim import make_optimizer, set_lr  # noqa: E402
+from benchmarks.architectures import Architecture  # noqa: E402
+
+# XLA:CPU sizes its intra-op (Eigen) thread pool and its dispatch pool from
+# this variable when the CPU client is created (xla::DefaultThreadPoolSize:
+# PJRT_NPROC, then NPROC, then the schedulable cores). XLA_FLAGS such as
+# --xla_cpu_multi_thread_eigen only switch Eigen's threading on or off, and
+# jax_num_cpu_devices makes more devices, not more threads.
+THREADS_ENV = "PJRT_NPROC"
+DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
+POOL_THREAD_NAME = "tf_XLAEigen"  # the intra-op pool's threads, as /proc shows them
+
+
+@dataclass
+class JaxModel:
+    module: Net
+    params: Params  # kept current by train_step, as torch updates a module in place
+    names: list[str]
+    key: jax.Array  # the root of this model's dropout stream (build's seed)
+
+
+@dataclass
+class JaxData:
+    x: jax.Array  # NHWC float32
+    y: jax.Array  # int32
+
+
+class Carry(NamedTuple):
+    """Everything a step changes: one pytree, donated to the next step."""
+
+    params: Params
+    opt_state: Any
+    step: jax.Array  # int32; folded into the dropout key
+
+
+@dataclass
+class JaxState:
+    model: JaxModel
+    carry: Carry
+    step_fn: Callable[..., tuple[Carry, jax.Array]]
+    loss: LossConfig
+    teacher: JaxModel | None
+    traces: list[int] = field(default_factory=lambda: [0])  # times step_fn was traced
+
+
+def _logits(module: Net, params: Params, x: jax.Array, idx: Any) -> jax.Array:
+    """Inference logits of the batch x[idx], gathered on the device."""
+    return module.apply({"params": params}, x[idx], deterministic=True)
+
+
+# The module is static (hashable by its architecture), so models of one
+# architecture share one compiled eval step.
+_logits_jit = jax.jit(_logits, static_argnums=0)
+
+
+def make_train_step(
+    module: Net,
+    tx: optax.GradientTransformation,
+    loss: LossConfig,
+    teacher: Net | None,
+    traces: list[int],
+) -> Callable[..., tuple[Carry, jax.Array]]:
+    """The pure step: (carry, x, y, idx, lr, key, teacher_params) -> (carry, loss).
+
+    The dataset is an argument, not a closed-over constant, so it is neither
+    copied into the executable nor re-sent: it already lives on the device.
+    """
+
+    def step(
+        carry: Carry,
+        x: jax.Array,
+        y: jax.Array,
+        idx: jax.Array,
+        lr: jax.Array,
+        key: jax.Array,
+        teacher_params: Params | None,
+    ) -> tuple[Carry, jax.Array]:
+        traces[0] += 1  # Python runs only while tracing (or every step in eager mode)
+        xb, yb = x[idx], y[idx]
+        teacher_logits = None
+        if teacher is not None:
+            teacher_logits = jax.lax.stop_gradient(
+                teacher.apply({"params": teacher_params}, xb, deterministic=True)
+            )
+        rng = jax.random.fold_in(key, carry.step)
+
+        def objective(params: Params) -> jax.Array:
+            logits = module.apply(
+                {"params": params}, xb, deterministic=False, rngs={"dropout": rng}
+            )
+            return distill_loss(loss, logits, yb, teacher_logits)
+
+        value, grads = jax.value_and_grad(objective)(carry.params)
+        opt_state = set_lr(carry.opt_state, lr)
+        updates, opt_state = tx.update(grads, opt_state, carry.params)
+        params = optax.apply_updates(carry.params, updates)
+        return Carry(params, opt_state, carry.step + 1), value
+
+    return step
+
+
+def _pool_threads() -> int | None:
+    """Threads of XLA:CPU's intra-op pool in this process, counted in /proc."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    count = 0
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                count += f.read().strip() == POOL_THREAD_NAME
+        except OSError:  # the thread ended while we looked
+            continue
+    return count or None
+
+
+def _default_pool_size() -> int:
+    """What xla::DefaultThreadPoolSize would pick from the environment now."""
+    for name in (THREADS_ENV, "NPROC"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _cuda_versions() -> tuple[str | None, int | None]:
+    try:
+        from jax._src.lib import cuda_versions  # private; None without the CUDA plugin
+    except ImportError:
+        return None, None
+    if cuda_versions is None:
+        return None, None
+    try:
+        cuda = int(cuda_versions.cuda_runtime_get_version())
+        cudnn = int(cuda_versions.cudnn_get_version())
+    except Exception:  # noqa: BLE001 - report what we can, never fail a cell on it
+        return None, None
+    return f"{cuda // 1000}.{cuda % 1000 // 10}", cudnn
+
+
+class JaxBackend(Backend):
+    name = "jax"
+
+    def __init__(self) -> None:
+        self.settings = Settings()
+        self._device: jax.Device | None = None  # asking now would create XLA's clients
+        self.flags_before_init = False  # whether setup ran before XLA created its clients
+        self._pending: Any = None  # the last outputs handed out, for sync()
+
+    def setup(self, settings: Settings) -> None:
+        self.settings = settings
+        # Env vars only act if they are set before JAX creates its clients;
+        # each cell is a fresh process, so in a benchmark they always are.
+        self.flags_before_init = not xla_bridge.backends_are_initialized()
+        if self.flags_before_init:
+            os.environ[THREADS_ENV] = str(settings.threads)
+            flags = os.environ.get("XLA_FLAGS", "").split()
+            flags = [f for f in flags if not f.startswith("--xla_gpu_deterministic_ops")]
+            if settings.deterministic:
+                flags.append(DETERMINISTIC_FLAG)
+            os.environ["XLA_FLAGS"] = " ".join(flags)
+        tf32 = settings.precision == "tf32"
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
+        if settings.device == "gpu":
+            try:
+                self._device = jax.devices("gpu")[0]
+            except RuntimeError as exc:
+                raise RuntimeError(
+                    f"device 'gpu' was asked for but jax sees no GPU ({exc})"
+                ) from None
+        elif settings.device == "cpu":
+            self._device = jax.devices("cpu")[0]
+        else:
+            self._device = jax.devices()[0]
+        jax.config.update("jax_default_device", self.device)
+
+    @property
+    def device(self) -> jax.Device:
+        if self._device is None:  # setup() was skipped: JAX's default device
+            self._device = jax.devices()[0]
+        return self._device
+
+    @property
+    def jit(self) -> bool:
+        return self.settings.compile != "eager"
+
+    @property
+    def compile_mode(self) -> str:
+        return "jax.jit" if self.jit else "jax.eager"
+
+    def _memory_stats(self) -> dict[str, Any] | None:
+        try:
+            return self.device.memory_stats()
+        except Exception:  # noqa: BLE001 - some platforms raise instead of returning None
+            return None
+
+    def environment(self) -> dict[str, Any]:
+        gpu = self.device.platform == "gpu"
+        cuda, cudnn = _cuda_versions() if gpu else (None, None)
+        precision = jax.config.jax_default_matmul_precision
+        tf32 = precision == "tensorfloat32"
+        counted = _pool_threads()
+        stats = self._memory_stats()
+        has_peak = bool(stats) and "peak_bytes_in_use" in stats
+        flags = os.environ.get("XLA_FLAGS", "")
+        return {
+            "framework": "jax",
+            "framework_version": jax.__version__,
+            "jaxlib_version": jaxlib.__version__,
+            "flax_version": flax.__version__,
+            "optax_version": optax.__version__,
+            "flax_api": "linen",
+            "device": self.device.device_kind if gpu else "cpu",
+            "device_kind": "gpu" if gpu else "cpu",
+            "cuda_version": cuda,
+            "cudnn_version": cudnn,
+            "compile_mode": self.compile_mode,
+            "intra_op_threads": counted if counted is not None else _default_pool_size(),
+            "inter_op_threads": None,
+            "threads_knob": f"{THREADS_ENV}={os.environ.get(THREADS_ENV)}",
+            "threads_note": (
+                "XLA:CPU has one intra-op pool, sized by PJRT_NPROC when the client is "
+                "created; independent ops share it, there is no separate inter-op pool"
+                + ("" if self.flags_before_init else "; setup ran after the client existed")
+            ),
+            "matmul_precision": precision,
+            "tf32_matmul": tf32,
+            "tf32_conv": tf32,  # flax convs follow the same default precision
+            "deterministic": self.flags_before_init and DETERMINISTIC_FLAG in flags.split(),
+            "deterministic_note": None
+            if gpu
+            else "XLA:CPU has no nondeterministic-ops switch; the flag only acts on GPU",
+            "xla_flags": flags,
+            "memory_counter": (
+                "memory_stats()['peak_bytes_in_use'] (process high-water mark; JAX cannot reset it)"
+            )
+            if has_peak
+            else None,
+        }
+
+    def put_dataset(self, x: np.ndarray, y: np.ndarray) -> JaxData:
+        return JaxData(
+            x=jax.device_put(np.ascontiguousarray(x, dtype=np.float32), self.device),
+            y=jax.device_put(np.ascontiguousarray(y, dtype=np.int32), self.device),
+        )
+
+    def build(self, arch: Architecture, weights: Weights, seed: int = 0) -> JaxModel:
+        module = build_module(arch)
+        params = load_weights(module, weights, self.device)
+        key = jax.device_put(jax.random.key(seed), self.device)
+        return JaxModel(module=module, params=params, names=list(arch.param_shapes()), key=key)
+
+    def get_weights(self, model: JaxModel) -> Weights:
+        return read_weights(model.params, model.names)
+
+    def _eval(self, model: JaxModel, x: jax.Array, idx: Any) -> jax.Array:
+        run = _logits_jit if self.jit else _logits
+        return run(model.module, model.params, x, idx)
+
+    def forward(self, model: JaxModel, x: np.ndarray) -> np.ndarray:
+        xb = jax.device_put(np.ascontiguousarray(x, dtype=np.float32), self.device)
+        return np.asarray(self._eval(model, xb, np.arange(len(x), dtype=np.int32)))
+
+    def loss_and_grads(
+        self,
+        model: JaxModel,
+        x: np.ndarray,
+        y: np.ndarray,
+        loss: LossConfig,
+        teacher: JaxModel | None = None,
+    ) -> tuple[float, Weights]:
+        xb = jax.device_put(np.ascontiguousarray(x, dtype=np.float32), self.device)
+        yb = jax.device_put(np.asarray(y, dtype=np.int32), self.device)
+        idx = np.arange(len(x), dtype=np.int32)
+        teacher_logits = None if teacher is None else self._eval(teacher, xb, idx)
+        module = model.module
+
+        def objective(params: Params) -> jax.Array:
+            logits = module.apply(
+                {"params": params}, xb, deterministic=False, rngs={"dropout": model.key}
+            )
+            return distill_loss(loss, logits, yb, teacher_logits)
+
+        grad_fn = jax.value_and_grad(objective)
+        value, grads = (jax.jit(grad_fn) if self.jit else grad_fn)(model.params)
+        return float(value), read_grads(grads, model.names)
+
+    def init_train(
+        self,
+        model: JaxModel,
+        optimizer: dict[str, Any],
+        loss: LossConfig,
+        teacher: JaxModel | None = None,
+    ) -> JaxState:
+        # The teacher is frozen: its params are an argument of the step, not
+        # part of the carry the optimizer updates, and it runs deterministic.
+        tx = make_optimizer(optimizer)
+        traces = [0]
+        step = make_train_step(
+            model.module, tx, loss, None if teacher is None else teacher.module, traces
+        )
+        step_fn = jax.jit(step, donate_argnums=0) if self.jit else step
+        carry = Carry(params=model.params, opt_state=tx.init(model.params), step=np.int32(0))
+        # Every leaf committed to the device, as the step's outputs will be:
+        # otherwise the second step would compile again for the new placement.
+        carry = jax.device_put(carry, self.device)
+        return JaxState(model, carry, step_fn, loss, teacher, traces)
+
+    def train_step(
+        self, state: JaxState, data: JaxData, indices: np.ndarray, lr: float
+    ) -> tuple[JaxState, jax.Array]:
+        teacher_params = None if state.teacher is None else state.teacher.params
+        state.carry, loss = state.step_fn(
+            state.carry, data.x, data.y, indices, np.float32(lr), state.model.key, teacher_params
+        )
+        state.model.params = state.carry.params  # the old buffers were donated
+        self._pending = state.carry
+        return state, loss
+
+    def trained_model(self, state: JaxState) -> JaxModel:
+        return state.model
+
+    def predict(self, model: JaxModel, data: JaxData, indices: np.ndarray) -> jax.Array:
+        out = self._eval(model, data.x, indices)
+        self._pending = out
+        return out
+
+    def to_numpy(self, handle: Any) -> np.ndarray:
+        if isinstance(handle, list | tuple):
+            return np.stack(jax.device_get(list(handle)))
+        return np.asarray(jax.device_get(handle))
+
+    def sync(self, handle: Any = None) -> None:
+        jax.block_until_ready((handle, self._pending))
+
+    def reset_peak_memory(self) -> None:
+        # JAX has no reset of its high-water mark; peak_memory says so.
+        pass
+
+    def peak_memory(self) -> int | None:
+        """The device's peak bytes in use since the process started.
+
+        JAX cannot reset this counter, so after the first phase of a cell it
+        is an upper bound for the phase (the maximum over the phases so far);
+        every cell is a fresh process, so it never spans two cells. None where
+        the device keeps no statistics (CPU).
+        """
+        stats = self._memory_stats()
+        if not stats or "peak_bytes_in_use" not in stats:
+            return None
+        return int(stats["peak_bytes_in_use"])

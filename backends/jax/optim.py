@@ -1,0 +1,64 @@
+"""Optimizers from the neutral description; PyTorch's conventions are the reference.
+
+torch.optim.SGD: g += wd * p; v = mu * v + g; p -= lr * v (nesterov:
+p -= lr * (g + mu * v)). optax.trace computes exactly this buffer (its
+first step gives v = g, as torch's does), so add_decayed_weights followed by
+optax.sgd is torch's coupled L2 SGD.
+
+torch.optim.Adam: g += wd * p; m = b1 * m + (1 - b1) g; v = b2 * v + (1 - b2) g^2;
+p -= lr * m_hat / (sqrt(v_hat) + eps). optax.adam with eps_root=0 is the same
+formula (eps outside the square root), so add_decayed_weights followed by
+optax.adam is torch's Adam with L2 (not AdamW).
+
+The learning rate is a hyper-parameter in the optimizer state
+(optax.inject_hyperparams): the harness passes it every step as an array, so
+one compiled step serves every learning rate of a schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def make_optimizer(config: dict[str, Any]) -> optax.GradientTransformation:
+    # lr is set before every step (set_lr); 0.0 is only a placeholder.
+    # torch adds wd * p to the gradient only when wd is set; so do we.
+    wd = config["weight_decay"]
+    decay = optax.add_decayed_weights(wd) if wd else optax.identity()
+    if config["name"] == "sgd":
+        momentum = config["momentum"] or None  # no buffer at 0, as in torch
+
+        def sgd(learning_rate: jax.Array) -> optax.GradientTransformation:
+            return optax.chain(
+                decay,
+                optax.sgd(learning_rate, momentum=momentum, nesterov=config["nesterov"]),
+            )
+
+        return optax.inject_hyperparams(sgd)(learning_rate=0.0)
+    if config["name"] == "adam":
+
+        def adam(learning_rate: jax.Array) -> optax.GradientTransformation:
+            return optax.chain(
+                decay,
+                optax.adam(
+                    learning_rate,
+                    b1=config["beta1"],
+                    b2=config["beta2"],
+                    eps=config["eps"],
+                    eps_root=0.0,
+                ),
+            )
+
+        return optax.inject_hyperparams(adam)(learning_rate=0.0)
+    raise ValueError(f"unknown optimizer {config['name']!r}")
+
+
+def set_lr(state: Any, lr: jax.Array) -> Any:
+    """The optimizer state with this step's learning rate (traced, not static)."""
+    hyper = dict(state.hyperparams)
+    hyper["learning_rate"] = jnp.asarray(lr, dtype=hyper["learning_rate"].dtype)
+    return state._replace(hyperparams=hyper)

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,17 @@ class CellJob:
     seed: int
     settings: Settings
     run_id: str
-    record_file: str
+    record_file: str = ""
     data_dir: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+    teacher_cache: str | None = None
 
     @property
     def cell_id(self) -> str:
-        return f"{Path(self.spec_path).stem}/{self.backend}/seed{self.seed}"
+        """Unique within a run: what --resume matches finished cells by."""
+        base = f"{Path(self.spec_path).stem}/{self.backend}/seed{self.seed}"
+        return f"{base}/{self.label}" if self.label else base
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "settings": self.settings.as_dict()})
@@ -58,6 +63,8 @@ def base_record(job: CellJob, loaded: LoadedSpec) -> dict[str, Any]:
         "spec": {"name": spec.name, "hash": loaded.content_hash, "path": str(loaded.path)},
         "backend": job.backend,
         "seed": job.seed,
+        "label": job.label,
+        "overrides": job.overrides,
         "settings": {
             **job.settings.as_dict(),
             "teacher_batch_size": spec.teacher.batch_size,
@@ -75,6 +82,22 @@ def base_record(job: CellJob, loaded: LoadedSpec) -> dict[str, Any]:
     }
 
 
+OOM_MARKERS = (
+    "out of memory",
+    "resource_exhausted",
+    "oom when allocating",
+    "cuda_error_out_of_memory",
+)
+
+
+def failure_status(exc: BaseException) -> str:
+    """'oom' for the ways each framework reports exhausted memory, else 'failed'."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if isinstance(exc, MemoryError) or any(marker in text for marker in OOM_MARKERS):
+        return "oom"
+    return "failed"
+
+
 def emit(event: dict[str, Any]) -> None:
     print(EVENT_PREFIX + json.dumps(event), flush=True)
 
@@ -85,11 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     job = CellJob.from_json(Path(args[0]).read_text())
     started = time.perf_counter()
-    loaded = load_spec(job.spec_path)
+    loaded = load_spec(job.spec_path, job.overrides)
     record = base_record(job, loaded)
+    cache = Path(job.teacher_cache) if job.teacher_cache else None
     try:
-        result = run_cell(loaded, job.backend, job.seed, job.settings, job.data_dir, emit)
+        result = run_cell(loaded, job.backend, job.seed, job.settings, job.data_dir, emit, cache)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the cell's record
+        record["status"] = failure_status(exc)
         record["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
         record["traceback"] = traceback.format_exc()[-8000:]
         status = 1

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from backends.base import Settings, backend_names, check_backend, installed_backends, is_installed
+from backends.base import backend_names, check_backend, installed_backends, is_installed
 from benchmarks.architectures import ARCHITECTURES
 from benchmarks.errors import KdbenchError
 from benchmarks.records import load_runs
 from benchmarks.spec import (
     COMPILE_MODES,
-    DEFAULT_SPEC,
     METHODS,
     PRECISIONS,
     builtin_specs,
@@ -51,43 +56,57 @@ def _backends(value: str | None) -> list[str]:
     return names
 
 
-def _settings(loaded: Any, args: argparse.Namespace) -> Settings:
-    m = loaded.spec.measure
-    threads = args.threads if args.threads is not None else m.threads
-    return Settings(
-        compile=args.compile or m.compile,
-        precision=args.precision or m.precision,
-        threads=threads or os.cpu_count() or 1,
-        deterministic=bool(args.deterministic or m.deterministic),
-        device=args.device or m.device,
-    )
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmarks.runner import RunPlan, default_out_dir, execute, prepare_run_dir
+    from benchmarks.matrix import DEFAULT_MATRIX, adhoc_matrix, load_matrix
+    from benchmarks.runner import default_out_dir, execute, load_run, plan_run
 
-    specs = [load_spec(s) for s in (args.specs or [DEFAULT_SPEC])]
-    backends = _backends(args.backend)
     if args.seeds is not None and args.seeds < 1:
         raise KdbenchError(f"--seeds must be at least 1 (got {args.seeds})")
-    n_seeds = args.seeds or max(s.spec.measure.seeds for s in specs)
-    out = Path(args.out) if args.out else default_out_dir()
-    if (out / "results.jsonl").exists():
-        raise KdbenchError(f"{out} already holds a run (results.jsonl); choose another --out")
-    plan = RunPlan(
-        specs=specs,
-        backends=backends,
-        seeds=list(range(n_seeds)),
-        settings={s.name: _settings(s, args) for s in specs},
-        out_dir=out,
-        data_dir=args.data_dir,
-        cell_timeout_s=args.cell_timeout,
-    )
-    prepare_run_dir(plan, sys.argv)
-    jobs = plan.jobs()
+    if args.resume:
+        if args.specs or args.matrix:
+            raise KdbenchError(
+                "--resume takes its cells from the run folder; give no specs or --matrix"
+            )
+        run = load_run(Path(args.resume))
+    else:
+        if args.specs and args.matrix:
+            raise KdbenchError("give specs or --matrix, not both")
+        matrix = (
+            adhoc_matrix(args.specs) if args.specs else load_matrix(args.matrix or DEFAULT_MATRIX)
+        )
+        if args.backend or not matrix.backends:
+            backends = _backends(args.backend)
+        else:
+            backends = matrix.backends
+            for name in backends:
+                check_backend(name)
+        out = Path(args.out) if args.out else default_out_dir()
+        if (out / "results.jsonl").exists():
+            raise KdbenchError(
+                f"{out} already holds a run (results.jsonl); choose another --out or --resume {out}"
+            )
+        cli_settings = {
+            "compile": args.compile,
+            "precision": args.precision,
+            "threads": args.threads,
+            "deterministic": True if args.deterministic else None,
+            "device": args.device,
+        }
+        run = plan_run(
+            matrix,
+            backends,
+            args.seeds,
+            cli_settings,
+            out,
+            args.data_dir,
+            args.cell_timeout,
+            Path(args.teacher_cache) if args.teacher_cache else None,
+            sys.argv,
+        )
+    pending = run.pending()
+    resumed = f" (resuming: {len(run.jobs) - len(pending)} done before)" if args.resume else ""
     console.print(
-        f"kdbench: {len(jobs)} cells ({', '.join(s.name for s in specs)} x "
-        f"{', '.join(backends)} x {n_seeds} seeds) -> {out}"
+        f"kdbench: {len(pending)} of {len(run.jobs)} cells to run{resumed} -> {run.out_dir}"
     )
     started = time.perf_counter()
     failed = 0
@@ -96,16 +115,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
         console=console,
-        transient=False,
     ) as progress:
-        overall = progress.add_task("cells", total=len(jobs))
+        overall = progress.add_task("cells", total=len(pending))
         current = progress.add_task("", total=None)
 
         def on_event(job: Any, event: dict[str, Any]) -> None:
             text = f"{job.cell_id}: {event.get('phase', '')}"
             if "epoch" in event:
                 text += f" epoch {event['epoch']}/{event['epochs']}"
+            if event.get("cached"):
+                text += " (from the teacher cache)"
             progress.update(current, description=text)
 
         def on_record(record: dict[str, Any]) -> None:
@@ -113,18 +135,27 @@ def cmd_run(args: argparse.Namespace) -> int:
             if record["status"] != "ok":
                 failed += 1
                 progress.console.print(
-                    f"[red]{record['cell_id']}: {record['status']}: {record['error']}[/red]"
+                    f"{record['cell_id']}: {record['status']}: {record['error']}",
+                    style="red",
+                    markup=False,
+                    highlight=False,
                 )
             progress.advance(overall)
 
         try:
-            results = execute(plan, on_event, on_record)
+            execute(run, on_event, on_record)
         except KeyboardInterrupt:
-            err_console.print(f"kdbench: interrupted; finished cells are saved in {out}")
+            done = len(run.jobs) - len(run.pending())
+            err_console.print(
+                f"kdbench: interrupted; {done} of {len(run.jobs)} cells are saved in {run.results}; "
+                f"continue with: kdbench run --resume {run.out_dir}",
+                markup=False,
+                highlight=False,
+            )
             return 130
     wall = time.perf_counter() - started
-    _print_table([str(out)], f"kdbench run {plan.run_id}")
-    console.print(f"{len(jobs)} cells in {wall:.1f} s; records: {results}")
+    _print_table([str(run.out_dir)], f"kdbench run {run.run_id}")
+    console.print(f"{len(pending)} cells in {wall:.1f} s; records: {run.results}")
     return 1 if failed else 0
 
 
@@ -196,8 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run specs on backends and print the table")
     run.add_argument(
-        "specs", nargs="*", help=f"spec names or .toml files (default: {DEFAULT_SPEC})"
+        "specs", nargs="*", help="spec names or .toml files (default: the 'default' matrix)"
     )
+    run.add_argument("--matrix", help="a named matrix (kdbench list) or a matrix .toml file")
+    run.add_argument(
+        "--resume", metavar="RUN_DIR", help="run the cells of RUN_DIR that have no record"
+    )
+    run.add_argument("--teacher-cache", help="folder of trained teachers shared across runs")
     run.add_argument("--backend", help="comma-separated backends (default: every installed one)")
     run.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default: the spec's)")
     run.add_argument("--out", help="run folder (default: results/runs/<timestamp>)")
@@ -209,7 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--deterministic", action="store_true", help="each framework's deterministic mode"
     )
     run.add_argument("--data-dir", help="folder with the dataset files (mnist, cifar...)")
-    run.add_argument("--cell-timeout", type=float, help="seconds before a cell is stopped")
+    run.add_argument(
+        "--cell-timeout",
+        type=float,
+        help="seconds before a cell is stopped (default: the matrix's)",
+    )
     run.set_defaults(func=cmd_run)
 
     show = sub.add_parser("show", help="the table of finished runs")

@@ -8,16 +8,20 @@ include compilation) are reported apart from the steady state.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psutil
 
-from backends.base import Backend, LossConfig, Settings, get_backend
+from backends.base import Backend, LossConfig, Settings, Weights, get_backend
 from benchmarks.datasets import Dataset, load_dataset
 from benchmarks.initial_weights import init_weights
 from benchmarks.plan import BatchPlan, learning_rates, make_plan, rng_for
@@ -126,6 +130,42 @@ def predict_all(
     return np.concatenate(logits), times
 
 
+def teacher_key(loaded: LoadedSpec, backend: str, seed: int, settings: Settings) -> str:
+    """What determines a trained teacher: its data, its network and training,
+    the seed, the backend and the settings that change numerics (not threads)."""
+    spec = loaded.spec
+    content = {
+        "data": spec.data.model_dump(mode="json"),
+        "teacher": spec.teacher.model_dump(mode="json"),
+        "warmup": spec.measure.warmup_steps,
+        "backend": backend,
+        "seed": seed,
+        "settings": {k: v for k, v in settings.as_dict().items() if k != "threads"},
+    }
+    text = json.dumps(content, sort_keys=True)
+    return f"{backend}-seed{seed}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def load_cached_teacher(cache: Path, key: str) -> tuple[Weights, dict[str, Any]] | None:
+    weights_file, stats_file = cache / f"{key}.npz", cache / f"{key}.json"
+    if not (weights_file.is_file() and stats_file.is_file()):
+        return None
+    with np.load(weights_file) as data:
+        weights = {name: data[name] for name in data.files}
+    return weights, json.loads(stats_file.read_text())
+
+
+def save_cached_teacher(cache: Path, key: str, weights: Weights, stats: dict[str, Any]) -> None:
+    """Weights first, stats last: a teacher counts as cached once both exist."""
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f"{key}.tmp.npz"
+    np.savez(tmp, **weights)
+    os.replace(tmp, cache / f"{key}.npz")
+    tmp_json = cache / f"{key}.json.tmp"
+    tmp_json.write_text(json.dumps(stats))
+    os.replace(tmp_json, cache / f"{key}.json")
+
+
 def run_cell(
     loaded: LoadedSpec,
     backend_name: str,
@@ -133,6 +173,7 @@ def run_cell(
     settings: Settings,
     data_dir: str | None = None,
     emit: Emit = _no_emit,
+    teacher_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one cell; returns the metric part of its record."""
     spec = loaded.spec
@@ -181,10 +222,22 @@ def run_cell(
     dropout_seeds = rng_for(seed, "dropout").integers(0, 2**31 - 1, size=3)
 
     phases: dict[str, dict[str, Any]] = {}
-    teacher = backend.build(loaded.teacher_arch, teacher_w, seed=int(dropout_seeds[0]))
-    state = backend.init_train(teacher, spec.teacher.optimizer.resolved(), LossConfig("none"))
-    state, phases["teacher"] = train_phase(cell, "teacher", spec.teacher, state, train, t_plan)
-    teacher = backend.trained_model(state)
+    key = teacher_key(loaded, backend_name, seed, settings)
+    cached = load_cached_teacher(teacher_cache, key) if teacher_cache else None
+    if cached is not None:
+        # Trained by an earlier cell with the same teacher; its phase record
+        # (timings included) is that cell's, marked as such.
+        teacher = backend.build(loaded.teacher_arch, cached[0], seed=int(dropout_seeds[0]))
+        phases["teacher"] = {**cached[1], "from_cache": True}
+        cell.emit({"phase": "teacher", "cached": True})
+    else:
+        teacher = backend.build(loaded.teacher_arch, teacher_w, seed=int(dropout_seeds[0]))
+        state = backend.init_train(teacher, spec.teacher.optimizer.resolved(), LossConfig("none"))
+        state, phases["teacher"] = train_phase(cell, "teacher", spec.teacher, state, train, t_plan)
+        teacher = backend.trained_model(state)
+        if teacher_cache is not None:
+            save_cached_teacher(teacher_cache, key, backend.get_weights(teacher), phases["teacher"])
+        phases["teacher"]["from_cache"] = False
 
     scratch = backend.build(loaded.student_arch, student_w, seed=int(dropout_seeds[1]))
     state = backend.init_train(scratch, spec.student.optimizer.resolved(), LossConfig("none"))
@@ -238,6 +291,7 @@ def run_cell(
         "teacher_val_acc": val_acc["teacher"],
         "scratch_val_acc": val_acc["scratch"],
         "distilled_val_acc": val_acc["distilled"],
+        "teacher_from_cache": cached is not None,
         "teacher_params": loaded.teacher_arch.param_count(),
         "student_params": loaded.student_arch.param_count(),
     }

@@ -299,16 +299,42 @@ def parse_spec(data: dict[str, Any], source: str) -> Spec:
         raise KdbenchError("\n".join(lines)) from None
 
 
-def load_spec(name_or_path: str) -> LoadedSpec:
-    path = find_spec(name_or_path)
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; unreadable or malformed files are one-line errors."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise KdbenchError(f"{path}: not valid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise KdbenchError(f"{path}: cannot read the spec: {exc}") from None
-    spec = parse_spec(raw, str(path))
-    teacher, student = resolve_architectures(spec, str(path))
+        raise KdbenchError(f"{path}: cannot read the file: {exc}") from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of raw spec data with dotted keys ('distill.temperature') replaced."""
+    out = json.loads(json.dumps(raw))
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise KdbenchError(f"cannot override {dotted}: {key} is not a table")
+        node[leaf] = value
+    return out
+
+
+def load_spec(
+    name_or_path: str, overrides: dict[str, Any] | None = None, source: str | None = None
+) -> LoadedSpec:
+    """A validated spec; overrides (dotted keys) are applied before validation,
+    so the content hash names the spec that actually runs."""
+    path = find_spec(name_or_path)
+    raw = read_toml(path)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    where = source or str(path)
+    spec = parse_spec(raw, where)
+    teacher, student = resolve_architectures(spec, where)
     return LoadedSpec(
         spec=spec,
         path=path,

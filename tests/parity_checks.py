@@ -13,8 +13,17 @@ import numpy as np
 
 from backends.base import Backend, LossConfig
 from benchmarks import reference
-from benchmarks.architectures import ARCHITECTURES, Conv2D, Dense, Dropout, Flatten, MaxPool, ReLU
-from benchmarks.architectures import Architecture, resolve
+from benchmarks.architectures import (
+    ARCHITECTURES,
+    Architecture,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    MaxPool,
+    ReLU,
+    resolve,
+)
 from benchmarks.initial_weights import init_weights
 from benchmarks.losses import distill_loss, distill_loss_grad
 from benchmarks.optimizers import ReferenceOptimizer
@@ -50,9 +59,7 @@ def without_dropout(arch: Architecture) -> Architecture:
 def parity_architectures() -> dict[str, Architecture]:
     """Every built-in architecture (dropout removed) plus one that exercises
     'same' padding, stride 2 and several input channels."""
-    archs = {
-        name: without_dropout(resolve(name, None, (28, 28, 1), 10)) for name in ARCHITECTURES
-    }
+    archs = {name: without_dropout(resolve(name, None, (28, 28, 1), 10)) for name in ARCHITECTURES}
     archs["conv-same-stride"] = resolve(
         None,
         [
@@ -136,7 +143,9 @@ OPTIMIZERS = {
 }
 
 
-def run_updates(backend: Backend, arch: Architecture, optimizer: str) -> list[dict[str, np.ndarray]]:
+def run_updates(
+    backend: Backend, arch: Architecture, optimizer: str
+) -> list[dict[str, np.ndarray]]:
     """Three steps with changing lr; weights after each step checked against
     the numpy optimizer fed with this backend's own gradients."""
     config, lrs = OPTIMIZERS[optimizer]
@@ -174,7 +183,9 @@ def trajectory(backend: Backend, arch: Architecture, method: str = "soft") -> np
     lrs = 0.05 * 0.5 * (1 + np.cos(np.pi * np.arange(TRAJECTORY_STEPS) / TRAJECTORY_STEPS))
     teacher, _ = _teacher(backend, arch)
     config = {"name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
-    state = backend.init_train(backend.build(arch, weights(arch)), config, loss_config(method), teacher)
+    state = backend.init_train(
+        backend.build(arch, weights(arch)), config, loss_config(method), teacher
+    )
     losses = []
     for step in range(TRAJECTORY_STEPS):
         state, loss = backend.train_step(state, data, indices[step], float(lrs[step]))

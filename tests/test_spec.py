@@ -221,11 +221,12 @@ def test_default_spec_matches_the_issue() -> None:
     """mnist5k: CNN teacher with 32/64 3x3 convs, pooling and 256 dense; MLP
     student with one hidden layer of at most 64 units."""
     loaded = load_spec("mnist5k")
-    convs = [l for l in loaded.teacher_arch.layers if l.type == "conv2d"]
+    teacher, student = loaded.teacher_arch.layers, loaded.student_arch.layers
+    convs = [layer for layer in teacher if layer.type == "conv2d"]
     assert [(c.filters, c.kernel) for c in convs] == [(32, 3), (64, 3)]
-    assert any(l.type == "maxpool" for l in loaded.teacher_arch.layers)
-    assert [l.units for l in loaded.teacher_arch.layers if l.type == "dense"] == [256, 10]
-    hidden = [l.units for l in loaded.student_arch.layers if l.type == "dense"][:-1]
+    assert any(layer.type == "maxpool" for layer in teacher)
+    assert [layer.units for layer in teacher if layer.type == "dense"] == [256, 10]
+    hidden = [layer.units for layer in student if layer.type == "dense"][:-1]
     assert len(hidden) == 1 and hidden[0] <= 64
     assert loaded.spec.data.dataset == "mnist5k"
     raw = tomllib.loads(loaded.path.read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -52,10 +53,9 @@ class PyTorchBackend(Backend):
         use_cuda = settings.device != "cpu" and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
         torch.set_num_threads(settings.threads)
-        try:
+        # Settable once per process; a second setup keeps what is in force.
+        with contextlib.suppress(RuntimeError):
             torch.set_num_interop_threads(settings.threads)
-        except RuntimeError:  # already set in this process; keep what is in force
-            pass
         tf32 = settings.precision == "tf32"
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.architectures import Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool, ReLU
 from backends.base import Weights
+from benchmarks.architectures import Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool, ReLU
 
 
 class FlattenNHWC(nn.Module):

@@ -4,8 +4,8 @@ The model is raw tf.Variables and tf.nn ops (see model.py for why not Keras).
 One train step is one tf.function call: it gathers the batch from the
 device-resident split, runs the frozen teacher in inference mode outside the
 gradient tape, and applies the torch-convention optimizer (optim.py). The
-learning rate is a tf.Variable assigned before each call and the indices are
-an int32 tensor of a fixed shape, so the step is traced once per phase.
+learning rate is a float64 scalar tensor argument and the indices an int32
+tensor of a fixed shape, so the step is traced once per phase.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from backends.tensorflow.model import (  # noqa: E402
     read_grads,
     read_weights,
 )
-from backends.tensorflow.optim import Optimizer, make_optimizer, set_lr  # noqa: E402
+from backends.tensorflow.optim import Optimizer, learning_rate, make_optimizer  # noqa: E402
 from benchmarks.architectures import Architecture  # noqa: E402
 
 COMPILE_MODES = {"default": "tf.function", "compiled": "tf.function+xla", "eager": "eager"}
@@ -218,7 +218,7 @@ class TensorFlowBackend(Backend):
         student = model.module
         frozen = teacher.module if teacher is not None else None
 
-        def step(x: tf.Tensor, y: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+        def step(x: tf.Tensor, y: tf.Tensor, indices: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
             state.traces += 1
             xb = tf.gather(x, indices)
             yb = tf.gather(y, indices)
@@ -227,7 +227,7 @@ class TensorFlowBackend(Backend):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(variables)
                 value = distill_loss(loss, student(xb, training=True), yb, teacher_logits)
-            opt.apply(tape.gradient(value, variables), variables)
+            opt.apply(tape.gradient(value, variables), variables, lr)
             return value
 
         state.step = self._compile(step)
@@ -238,8 +238,7 @@ class TensorFlowBackend(Backend):
     ) -> tuple[TFState, tf.Tensor]:
         assert state.step is not None
         with tf.device(self.device):
-            set_lr(state.optimizer, lr)
-            loss = state.step(data.x, data.y, tf.constant(indices, tf.int32))
+            loss = state.step(data.x, data.y, tf.constant(indices, tf.int32), learning_rate(lr))
         return state, loss
 
     def trained_model(self, state: TFState) -> TFModel:

@@ -1,0 +1,583 @@
+"""From records to report tables: sections by hardware and settings, stats over seeds.
+
+Every number shown comes from the records alone. A section holds the cells
+that ran on the same hardware with the same fairness settings, because only
+those may share a table; inside a section there is one row per spec and
+backend, aggregated over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from backends.base import backend_names
+from benchmarks.errors import KdbenchError
+from benchmarks.records import load_runs
+from benchmarks.tables import COLUMNS as SHOW_COLUMNS
+
+PHASES = ("teacher", "scratch", "distill", "eval")
+TRAIN_PHASES = ("teacher", "scratch", "distill")
+MIB = 1024.0**2
+CONFIDENCE = 0.95
+
+# The hardware a cell ran on: cells on different hardware never share a table.
+HARDWARE = ["device", "host.cpu", "host.cpu_count"]
+# settings.* that are no fairness setting of their own: the resolved compile
+# mode is each framework's spelling of settings.compile, and the requested
+# device is replaced by the device the cell actually ran on.
+NOT_FAIRNESS = {"settings.compile_mode", "settings.device"}
+# The row key inside a section.
+ROW = ["spec.name", "label", "spec.hash", "backend"]
+
+# Friendlier names for the settings listed under a section heading.
+SETTING_NAMES = {
+    "settings.compile": "compile",
+    "settings.precision": "precision",
+    "settings.threads": "threads",
+    "settings.deterministic": "deterministic",
+    "settings.teacher_batch_size": "teacher batch size",
+    "settings.student_batch_size": "student batch size",
+    "settings.eval_batch_size": "eval batch size",
+    "settings.warmup_steps": "warm-up steps (excluded from step times)",
+    "settings.method": "distillation method",
+    "settings.temperature": "temperature",
+    "settings.alpha": "alpha (weight of the distillation term)",
+}
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """One reported quantity: where it is in a record, and how it is shown."""
+
+    column: str
+    header: str  # with its unit
+    unit: str
+    scale: float
+    decimals: int
+    how: str  # "ci": mean and t-interval; "median": median over seeds; "max"
+    shown: bool = True  # False: only in the tidy CSV
+
+    @classmethod
+    def from_show(cls, column: str, unit: str, how: str, header: str | None = None) -> Quantity:
+        """Same header, scale and decimals as `kdbench show`, so both read alike."""
+        show_header, scale, decimals, _ = SHOW_COLUMNS[column]
+        return cls(column, header or show_header, unit, scale, decimals, how)
+
+
+ACCURACY = [
+    Quantity.from_show("metrics.teacher_acc", "%", "ci"),
+    Quantity.from_show("metrics.scratch_acc", "%", "ci"),
+    Quantity.from_show("metrics.distilled_acc", "%", "ci"),
+    Quantity.from_show("metrics.gain", "pts", "ci", "KD gain pts"),
+    Quantity.from_show("metrics.agreement", "%", "ci", "teacher-student agreement %"),
+]
+
+
+def _speed() -> list[Quantity]:
+    out = []
+    for phase in TRAIN_PHASES:
+        shown = phase != "scratch"
+        p = f"phases.{phase}"
+        out += [
+            Quantity(f"{p}.step_time_median_s", f"{phase} step ms", "ms", 1e3, 2, "median", shown),
+            Quantity(
+                f"{p}.throughput_samples_per_s",
+                f"{phase} samples/s",
+                "samples/s",
+                1,
+                0,
+                "median",
+                shown,
+            ),
+        ]
+    out += [
+        Quantity("phases.eval.batch_time_median_s", "eval batch ms", "ms", 1e3, 3, "median"),
+        Quantity(
+            "phases.eval.throughput_samples_per_s", "eval samples/s", "samples/s", 1, 0, "median"
+        ),
+    ]
+    for phase in TRAIN_PHASES:
+        shown = phase != "scratch"
+        out.append(
+            Quantity(f"phases.{phase}.warmup_s", f"{phase} warm-up s", "s", 1, 3, "median", shown)
+        )
+    out.append(Quantity("timings.setup_s", "framework setup s", "s", 1, 2, "median", False))
+    return out
+
+
+def _resources() -> list[Quantity]:
+    out = []
+    for phase in PHASES:
+        out.append(
+            Quantity(
+                f"phases.{phase}.device_peak_bytes",
+                f"{phase} device peak MiB",
+                "MiB",
+                1 / MIB,
+                1,
+                "max",
+                phase != "scratch",
+            )
+        )
+    out.append(
+        Quantity("memory.host_peak_rss_bytes", "host peak RSS MiB", "MiB", 1 / MIB, 1, "max")
+    )
+    out.append(
+        Quantity(
+            "memory.framework_import_bytes",
+            "framework import MiB",
+            "MiB",
+            1 / MIB,
+            1,
+            "median",
+            False,
+        )
+    )
+    for phase in PHASES:
+        shown = phase != "scratch"
+        p = f"phases.{phase}"
+        out += [
+            Quantity(
+                f"{p}.achieved_flops_per_s", f"{phase} GFLOP/s", "GFLOP/s", 1e-9, 2, "median", shown
+            ),
+            Quantity(f"{p}.fraction_of_peak", f"{phase} % of peak", "%", 100, 1, "median", shown),
+        ]
+    return out
+
+
+SPEED = _speed()
+RESOURCES = _resources()
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A quantity over the seeds of one row."""
+
+    n: int
+    mean: float
+    sd: float
+    ci_low: float
+    ci_high: float
+    median: float
+    min: float
+    max: float
+
+
+def describe(values: Iterable[float]) -> Stat:
+    """Mean with a two-sided 95% Student-t interval; no interval from one value."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        nan = float("nan")
+        return Stat(0, nan, nan, nan, nan, nan, nan, nan)
+    mean = float(v.mean())
+    if n == 1:
+        sd = low = high = float("nan")
+    else:
+        sd = float(v.std(ddof=1))
+        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
+        low, high = mean - half, mean + half
+    return Stat(n, mean, sd, low, high, float(np.median(v)), float(v.min()), float(v.max()))
+
+
+def format_stat(stat: Stat, decimals: int, how: str) -> str:
+    """The shown text of one table cell: '-' when nothing finished."""
+    if stat.n == 0:
+        return "-"
+    if how == "median":
+        return f"{stat.median:.{decimals}f}"
+    if how == "max":
+        return f"{stat.max:.{decimals}f}"
+    if stat.n == 1:
+        return f"{stat.mean:.{decimals}f} (n=1, no interval)"
+    return f"{stat.mean:.{decimals}f} ± {(stat.ci_high - stat.mean):.{decimals}f}"
+
+
+@dataclass
+class Table:
+    """One table of a section: shown text and the numbers behind it."""
+
+    name: str  # file stem of its CSV: accuracy, speed, resources, failures
+    title: str
+    shown: pd.DataFrame  # strings, one row per spec and backend
+    tidy: pd.DataFrame  # one row per (row, quantity), numbers in `unit`
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Section:
+    """Cells that ran on the same hardware with the same fairness settings."""
+
+    index: int
+    hardware: dict[str, str]
+    settings: dict[str, str]  # settings.* column -> value
+    cells: pd.DataFrame
+    tables: list[Table] = field(default_factory=list)
+
+    @property
+    def settings_shown(self) -> dict[str, str]:
+        """The settings with the names a reader knows them by."""
+        known = list(SETTING_NAMES)
+        order = sorted(self.settings, key=lambda c: (known.index(c) if c in known else 99, c))
+        return {SETTING_NAMES.get(c, c.removeprefix("settings.")): self.settings[c] for c in order}
+
+    @property
+    def title(self) -> str:
+        device = self.hardware["device"]
+        host = f"{self.hardware['cpu']}, {self.hardware['cpus']} CPUs"
+        where = f"CPU ({host})" if device == "cpu" else f"{device} (host: {host})"
+        return f"Section {self.index}: {where}"
+
+    @property
+    def key(self) -> dict[str, str]:
+        """Hardware and settings, for the tidy CSV files."""
+        return {**{f"hardware.{k}": v for k, v in self.hardware.items()}, **self.settings}
+
+
+@dataclass
+class Report:
+    runs: list[Path]
+    frame: pd.DataFrame  # every cell, step times kept
+    sections: list[Section]
+    runs_env: pd.DataFrame
+    frameworks_env: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def _text(value: Any) -> str:
+    """A key value as text: missing values are '-', 2.0 is '2'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, np.generic):
+        return _text(value.item())
+    return str(value)
+
+
+def load(runs: Sequence[str | Path]) -> pd.DataFrame:
+    """All cells of the runs, the last record of a cell winning, keys as text."""
+    seen: list[Path] = []
+    for run in runs:
+        path = Path(run)
+        if not path.exists():
+            raise KdbenchError(f"run folder {run} does not exist")
+        if path.resolve() not in [p.resolve() for p in seen]:
+            seen.append(path)
+    frame = load_runs(seen, keep_step_times=True)
+    if frame.empty:
+        raise KdbenchError(f"no records in {', '.join(map(str, seen))}; nothing to report")
+    for column in ["device", "label", "framework", "framework_version", "error", *HARDWARE, *ROW]:
+        if column not in frame:
+            frame[column] = None
+    frame["device"] = _infer_failed_devices(frame)
+    settings = _settings_columns(frame)
+    for column in [*HARDWARE, *ROW, *settings, "label"]:
+        frame[column] = frame[column].map(_text)
+    frame["label"] = frame["label"].replace("-", "")
+    # A cell recorded twice in one run (a re-run appended to the same file)
+    # counts once, its last record winning; cells that differ in spec or
+    # settings stay apart even under one cell id.
+    same_cell = ["run_dir", "cell_id", "spec.hash", "label", *settings]
+    frame = frame.drop_duplicates(subset=same_cell, keep="last").reset_index(drop=True)
+    for q in [*ACCURACY, *SPEED, *RESOURCES]:
+        if q.column not in frame:
+            frame[q.column] = np.nan
+    return frame
+
+
+def _settings_columns(frame: pd.DataFrame) -> list[str]:
+    return sorted(c for c in frame.columns if c.startswith("settings.") and c not in NOT_FAIRNESS)
+
+
+def _infer_failed_devices(frame: pd.DataFrame) -> pd.Series:
+    """A cell that failed before choosing its device gets the device its run's
+    other cells used, when they agree, so it is listed beside them."""
+    device = frame["device"].copy()
+    requested = frame.get("settings.device", pd.Series("-", index=frame.index)).map(_text)
+    known = device.notna()
+    for i in frame.index[~known]:
+        same = (
+            known
+            & (frame["run_dir"] == frame.at[i, "run_dir"])
+            & (frame["host.cpu"].map(_text) == _text(frame.at[i, "host.cpu"]))
+            & (requested == requested[i])
+        )
+        for mask in (same & (frame["backend"] == frame.at[i, "backend"]), same):
+            found = set(device[mask])
+            if len(found) == 1:
+                device[i] = found.pop()
+                break
+        else:
+            device[i] = "unknown (the cell failed before choosing a device)"
+    return device
+
+
+def _backend_order(names: Iterable[str]) -> list[str]:
+    known = backend_names()
+    return sorted(set(names), key=lambda n: (known.index(n) if n in known else len(known), n))
+
+
+def _row_label(frame: pd.DataFrame) -> pd.Series:
+    """The spec as shown: its name, the matrix label, and its hash when one
+    name stands for several spec contents in the same section."""
+    label = frame["spec.name"] + frame["label"].map(lambda x: f" [{x}]" if x else "")
+    hashes = frame.groupby(label)["spec.hash"].transform("nunique")
+    return label + np.where(hashes > 1, " #" + frame["spec.hash"].str[:7], "")
+
+
+def build(runs: Sequence[str | Path]) -> Report:
+    """Read the runs and compute every table of the report."""
+    frame = load(runs)
+    settings_cols = _settings_columns(frame)
+    sections = []
+    keys = HARDWARE + settings_cols
+    for index, (key, cells) in enumerate(frame.groupby(keys, sort=False, dropna=False), start=1):
+        values = dict(zip(keys, key, strict=True))
+        hardware = {
+            "device": values["device"],
+            "cpu": values["host.cpu"],
+            "cpus": values["host.cpu_count"],
+        }
+        settings = {c: values[c] for c in settings_cols}
+        cells = cells.copy()
+        cells["spec"] = _row_label(cells)
+        section = Section(index, hardware, settings, cells)
+        section.tables = [
+            _stat_table(section, "accuracy", "Accuracy over seeds", ACCURACY, status=True),
+            _stat_table(section, "speed", "Steady-state speed and warm-up", SPEED),
+            _stat_table(section, "resources", "Peak memory and achieved compute", RESOURCES),
+        ]
+        failures = _failures(section)
+        if failures is not None:
+            section.tables.append(failures)
+        sections.append(section)
+    notes = _code_notes(frame)
+    if len(sections) > 1:
+        notes.append(
+            f"The cells ran on {len({tuple(s.hardware.values()) for s in sections})} kinds of "
+            f"hardware or with different fairness settings: {len(sections)} sections, and "
+            "numbers from different sections are not comparable."
+        )
+    return Report(
+        [Path(r) for r in dict.fromkeys(str(Path(r)) for r in runs)],
+        frame,
+        sections,
+        _runs_environment(frame),
+        _frameworks_environment(frame),
+        notes,
+    )
+
+
+def _rows(cells: pd.DataFrame) -> Iterable[tuple[str, str, pd.DataFrame]]:
+    """(spec shown, backend, cells) in spec order, then the usual backend order."""
+    for spec in dict.fromkeys(cells["spec"]):
+        of_spec = cells[cells["spec"] == spec]
+        for backend in _backend_order(of_spec["backend"]):
+            yield spec, backend, of_spec[of_spec["backend"] == backend]
+
+
+def _status(group: pd.DataFrame) -> str:
+    bad = group[group["status"] != "ok"]
+    if bad.empty:
+        return "ok"
+    counts = ", ".join(f"{n} {s}" for s, n in bad["status"].value_counts().items())
+    reason = _text(bad.iloc[0]["error"]).splitlines()[0] if len(bad) else ""
+    return f"{counts}: {reason[:100]}"
+
+
+def _stat_table(
+    section: Section, name: str, title: str, quantities: list[Quantity], status: bool = False
+) -> Table:
+    shown_rows, tidy_rows = [], []
+    for spec, backend, group in _rows(section.cells):
+        ok = group[group["status"] == "ok"]
+        row: dict[str, str] = {"spec": spec, "backend": backend}
+        if status:
+            row["seeds ok"] = f"{len(ok)}/{len(group)}"
+        if name == "speed":
+            modes = sorted({_text(m) for m in ok.get("settings.compile_mode", pd.Series())})
+            row["compile mode"] = ", ".join(modes) or "-"
+        for q in quantities:
+            values = pd.to_numeric(ok[q.column], errors="coerce").dropna() * q.scale
+            stat = describe(values)
+            if q.shown:
+                row[q.header] = format_stat(stat, q.decimals, q.how)
+            tidy_rows.append(
+                {
+                    "section": section.index,
+                    **section.key,
+                    "spec": spec,
+                    "spec_hash": group["spec.hash"].iloc[0],
+                    "backend": backend,
+                    "quantity": q.column,
+                    "unit": q.unit,
+                    "aggregate": {"ci": "mean", "median": "median", "max": "max"}[q.how],
+                    **{k: getattr(stat, k) for k in Stat.__dataclass_fields__},
+                }
+            )
+        if status:
+            row["status"] = _status(group)
+        shown_rows.append(row)
+    shown = pd.DataFrame(shown_rows)
+    notes = []
+    if name == "accuracy":
+        notes.append(
+            f"mean ± half-width of the {CONFIDENCE:.0%} Student-t confidence interval over the "
+            "seeds that finished; the KD gain is distilled minus scratch accuracy of the same "
+            "seed (paired), in percentage points. Test-set accuracy after the last epoch."
+        )
+    if name == "speed":
+        notes.append(
+            "Median over seeds of each cell's median steady-state step (warm-up steps "
+            "excluded, device synchronised before the clock stops); samples/s = batch size / "
+            "median step time. Warm-up s: the first warm-up steps, compilation included."
+        )
+        cached = section.cells.get("phases.teacher.from_cache")
+        if cached is not None and cached.fillna(False).astype(bool).any():
+            notes.append(
+                f"{int(cached.fillna(False).astype(bool).sum())} cell(s) loaded a cached teacher: "
+                "their teacher timings are those of the cell that trained it."
+            )
+    if name == "resources":
+        shown, dropped = _drop_empty(shown)
+        notes.append(
+            "Peaks are the maximum over seeds. Device peak: in-use bytes reported by the "
+            "framework since the phase began; host peak RSS: the cell process's high-water mark."
+        )
+        if dropped:
+            notes.append(f"Not in these records: {', '.join(dropped)}.")
+    return Table(name, title, shown, pd.DataFrame(tidy_rows), notes)
+
+
+def _drop_empty(shown: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Columns that no cell of the section has (a CPU has no device counter;
+    older records have no FLOP/s) are left out and named in a note."""
+    empty = [c for c in shown.columns if c not in ("spec", "backend") and (shown[c] == "-").all()]
+    return shown.drop(columns=empty), empty
+
+
+def _failures(section: Section) -> Table | None:
+    bad = section.cells[section.cells["status"] != "ok"]
+    if bad.empty:
+        return None
+    rows = []
+    for _, cell in bad.iterrows():
+        rows.append(
+            {
+                "spec": cell["spec"],
+                "backend": cell["backend"],
+                "seed": _text(cell.get("seed")),
+                "status": cell["status"],
+                "error": _text(cell.get("error")),
+                "cell": cell["cell_id"],
+                "run": Path(cell["run_dir"]).name,
+            }
+        )
+    tidy = pd.DataFrame([{"section": section.index, **section.key, **r} for r in rows])
+    shown = pd.DataFrame(rows)
+    shown["error"] = shown["error"].map(lambda e: e if len(e) <= 160 else e[:157] + "...")
+    return Table(
+        "failures",
+        "Cells that did not finish",
+        shown,
+        tidy,
+        ["Every failed, timed-out or out-of-memory cell; the tables above use finished cells."],
+    )
+
+
+def _code_notes(frame: pd.DataFrame) -> list[str]:
+    """Warnings about the code behind the numbers: a comparison is only as
+    good as knowing which code produced each side."""
+    notes = []
+    for run_dir, cells in frame.groupby("run_dir", sort=False):
+        commits = {_text(c) for c in cells.get("host.git_commit", pd.Series([None]))} - {"-"}
+        if len(commits) > 1:
+            notes.append(
+                f"Run {run_dir}: its cells ran from {len(commits)} different git commits "
+                "(the code changed during the run)."
+            )
+        dirty = cells.get("host.git_dirty", pd.Series([None]))
+        if dirty.map(lambda v: v is True).any():
+            notes.append(
+                f"Run {run_dir}: cells ran from a working tree with uncommitted changes "
+                "(git dirty), so the commit does not name their code exactly."
+            )
+    return notes
+
+
+def _unique(values: pd.Series) -> str:
+    found = [_text(v) for v in dict.fromkeys(values.tolist())]
+    found = [v for v in found if v != "-"] or ["-"]
+    return found[0] if len(found) == 1 else f"{', '.join(found)} (mixed)"
+
+
+def _runs_environment(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: where and from which code it ran."""
+    rows = []
+    for run_dir, cells in frame.groupby("run_dir", sort=False):
+        manifest = _manifest(Path(run_dir))
+        commits = cells.get("host.git_commit", pd.Series(dtype=object)).map(lambda c: _text(c)[:12])
+        rows.append(
+            {
+                "run": _unique(cells.get("run_id", pd.Series([Path(run_dir).name]))),
+                "folder": run_dir,
+                "cells ok": f"{(cells['status'] == 'ok').sum()}/{len(cells)}",
+                "started": _text(cells["started_at"].min()) if "started_at" in cells else "-",
+                "git commit": _unique(commits),
+                "dirty tree": _unique(cells.get("host.git_dirty", pd.Series([None]))),
+                "kdbench": _unique(cells.get("host.kdbench_version", pd.Series([None]))),
+                "os": _unique(cells.get("host.os", pd.Series([None]))),
+                "cpu": _unique(cells["host.cpu"]),
+                "CPUs": _unique(cells["host.cpu_count"]),
+                "python": _unique(cells.get("host.python", pd.Series([None]))),
+                "command": " ".join(manifest.get("argv", [])) or "-",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _manifest(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _frameworks_environment(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows: framework facts (version, device, flags); columns: run and backend."""
+    env_cols = sorted(c for c in frame.columns if c.startswith("environment."))
+    columns: dict[str, dict[str, str]] = {}
+    for run_dir, cells in frame.groupby("run_dir", sort=False):
+        for backend in _backend_order(cells["backend"]):
+            ok = cells[(cells["backend"] == backend) & (cells["status"] == "ok")]
+            if ok.empty:
+                ok = cells[cells["backend"] == backend]
+            facts = {
+                "framework": _unique(ok["framework"]),
+                "framework version": _unique(ok["framework_version"]),
+                "device": _unique(ok["device"]),
+                "compile mode": _unique(ok.get("settings.compile_mode", pd.Series([None]))),
+            }
+            for c in env_cols:
+                if c == "environment.compile_mode":  # shown as "compile mode" above
+                    continue
+                value = _unique(ok[c]) or "(empty)"
+                if value != "-":
+                    facts[c.removeprefix("environment.")] = value
+            name = (
+                f"{backend} ({Path(run_dir).name})" if frame["run_dir"].nunique() > 1 else backend
+            )
+            columns[name] = facts
+    table = pd.DataFrame(columns).fillna("-")
+    table.index.name = "fact"
+    return table.reset_index()

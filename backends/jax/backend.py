@@ -202,6 +202,8 @@ class JaxBackend(Backend):
             if settings.deterministic:
                 flags.append(DETERMINISTIC_FLAG)
             os.environ["XLA_FLAGS"] = " ".join(flags)
+            if settings.device == "cpu":  # a CPU cell leaves any GPU alone
+                jax.config.update("jax_platforms", "cpu")
         tf32 = settings.precision == "tf32"
         jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
         if settings.device == "gpu":
@@ -274,6 +276,8 @@ class JaxBackend(Backend):
             if gpu
             else "XLA:CPU has no nondeterministic-ops switch; the flag only acts on GPU",
             "xla_flags": flags,
+            # None: every cell compiles from scratch, so warm-up times are comparable.
+            "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
             "memory_counter": (
                 "memory_stats()['peak_bytes_in_use'] (process high-water mark; JAX cannot reset it)"
             )

@@ -1,0 +1,495 @@
+"""`kdbench compare`: real runs for the proof, synthetic records for the rules.
+
+The proof uses real, noisy data from this machine: two runs of the same
+spec made side by side (so that a change of machine load hits both) must not
+be called a regression, and a copy of one run with every step 20% slower must
+be, while 2% slower must not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from backends.base import is_installed
+from benchmarks import compare
+from benchmarks.compare import (
+    FASTER,
+    NOT_COMPARABLE,
+    SAME,
+    SLOWER,
+    UNCERTAIN,
+    Thresholds,
+    compare_records,
+)
+from benchmarks.errors import KdbenchError
+
+# Realistic step counts (about 630 steady steps per phase, ~0.5 ms each): the
+# tiny 78-step spec of test_cli is too short to tell 20% from noise on a
+# loaded machine, and the compare says so (uncertain) rather than guess.
+STEPS_SPEC = """
+name = "steps"
+[data]
+dataset = "digits"
+[teacher]
+arch = "mlp-64"
+epochs = 4
+batch_size = 8
+optimizer = { name = "sgd", lr = 0.05 }
+[student]
+arch = "mlp-16"
+epochs = 4
+batch_size = 8
+optimizer = { name = "adam", lr = 3e-3 }
+[distill]
+method = "soft"
+[measure]
+seeds = 2
+warmup_steps = 5
+"""
+
+needs_torch = pytest.mark.skipif(not is_installed("pytorch"), reason="torch is not installed")
+Records = list[dict[str, Any]]
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _own_main(argv: list[str]) -> int:
+    """What cli.main does, for as long as compare is not wired into it."""
+    parser = argparse.ArgumentParser(prog="kdbench")
+    compare.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KdbenchError as exc:
+        print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main() -> Callable[[list[str]], int]:
+    from benchmarks import cli
+
+    for action in cli.build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction) and "compare" in action.choices:
+            return cli.main
+    return _own_main
+
+
+def run_compare(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = _main()(["compare", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def write_run(path: Path, records: Records) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    (path / "results.jsonl").write_text(text)
+    return path
+
+
+def read_run(path: Path) -> Records:
+    return [json.loads(line) for line in (path / "results.jsonl").read_text().splitlines()]
+
+
+def slower(records: Records, factor: float, backend: str = "pytorch") -> Records:
+    """Every timing of one backend multiplied by factor: raw steps, medians, throughput."""
+    out = copy.deepcopy(records)
+    for record in out:
+        if record["backend"] != backend:
+            continue
+        for phase in record["phases"].values():
+            if "step_times_s" in phase:
+                phase["step_times_s"] = [t * factor for t in phase["step_times_s"]]
+            for key in list(phase):
+                if key.endswith("_s") and isinstance(phase[key], float):
+                    phase[key] *= factor
+            phase["throughput_samples_per_s"] /= factor
+    return out
+
+
+def more_memory(records: Records, factor: float) -> Records:
+    out = copy.deepcopy(records)
+    for record in out:
+        record["memory"]["host_peak_rss_bytes"] = int(
+            record["memory"]["host_peak_rss_bytes"] * factor
+        )
+    return out
+
+
+def less_accurate(records: Records, points: float) -> Records:
+    out = copy.deepcopy(records)
+    for record in out:
+        record["metrics"]["distilled_acc"] -= points / 100
+    return out
+
+
+def synthetic(seed: int, scale: float = 1.0, steps: int = 300, **fields: Any) -> dict[str, Any]:
+    """A record with the fields compare reads; step times log-normal around 1 ms."""
+    rng = np.random.default_rng(seed + 100)
+    phases = {}
+    for name in ("teacher", "scratch", "distill"):
+        times = scale * 1e-3 * rng.lognormal(0.0, 0.1, size=steps)
+        phases[name] = {
+            "warmup_steps": 5,
+            "step_times_s": times.tolist(),
+            "step_time_median_s": float(np.median(times[5:])),
+            "device_peak_bytes": None,
+        }
+    phases["eval"] = {"batch_time_median_s": 1e-4, "device_peak_bytes": None}
+    record: dict[str, Any] = {
+        "schema_version": 1,
+        "cell_id": f"syn/pytorch/seed{seed}",
+        "spec": {"name": "syn", "hash": "0123456789abcdef"},
+        "backend": "pytorch",
+        "seed": seed,
+        "label": "",
+        "settings": {"compile_mode": "eager", "precision": "float32", "threads": 1},
+        "device": "cpu",
+        "framework": "torch",
+        "framework_version": "2.0",
+        "status": "ok",
+        "error": None,
+        "phases": phases,
+        "memory": {"host_peak_rss_bytes": 300 * 2**20},
+        "metrics": {"teacher_acc": 0.95, "scratch_acc": 0.85, "distilled_acc": 0.88},
+    }
+    record.update(fields)
+    return record
+
+
+# --- the proof on real runs ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two real runs of the same spec, made side by side so machine load hits both."""
+    if not is_installed("pytorch"):
+        pytest.skip("torch is not installed")
+    root = tmp_path_factory.mktemp("compare")
+    spec = root / "steps.toml"
+    spec.write_text(STEPS_SPEC)
+    runs = (root / "a", root / "b")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks", "run", str(spec), "--backend", "pytorch"]
+            + ["--seeds", "2", "--threads", "1", "--out", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for out in runs
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    return runs
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.slow
+def test_two_real_runs_of_the_same_spec_are_not_a_regression(
+    real_runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    a, b = real_runs
+    rc, out, err = run_compare(capsys, a, b, "--json", tmp_path / "aa.json")
+    print(out)  # the A/A table, for the record (pytest -s)
+    assert rc == 0, out + err
+    result = json.loads((tmp_path / "aa.json").read_text())
+    assert not result["regressed"] and result["exit_code"] == 0
+    assert len(result["cells"]) == 2
+    for cell in result["cells"]:
+        # A shift seen in one process only is noise: same, or at worst uncertain.
+        assert cell["verdict"] in (SAME, UNCERTAIN), cell
+        assert cell["regressions"] == []
+    assert all(not g["regressed"] for g in result["accuracy"])
+    assert "no regression" in out
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.slow
+def test_a_copy_made_20_percent_slower_is_flagged_and_2_percent_is_not(
+    real_runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    base = real_runs[0]
+    records = read_run(base)
+
+    slow = write_run(tmp_path / "slow20", slower(records, 1.20))
+    rc, out, _ = run_compare(capsys, base, slow, "--json", "-")
+    result = json.loads(out)
+    assert rc == 1 and result["regressed"]
+    for cell in result["cells"]:
+        assert cell["verdict"] == SLOWER
+        for phase in ("teacher", "distill"):
+            check = cell["time"][phase]
+            assert check["verdict"] == SLOWER
+            assert check["ratio"] == pytest.approx(1.2, rel=1e-6)
+            assert check["throughput_ratio"] == pytest.approx(1 / 1.2, rel=1e-6)
+            assert check["p_value"] < 0.01 and check["ci"][0] > 1.0
+        assert any("distill step time +20.0%" in r for r in cell["regressions"])
+
+    tiny = write_run(tmp_path / "slow2", slower(records, 1.02))
+    rc, out, _ = run_compare(capsys, base, tiny, "--json", "-")
+    result = json.loads(out)
+    assert rc == 0 and not result["regressed"]
+    assert {c["verdict"] for c in result["cells"]} == {SAME}
+
+    fast = write_run(tmp_path / "fast20", slower(records, 1 / 1.2))
+    rc, out, _ = run_compare(capsys, base, fast, "--json", "-")
+    assert rc == 0
+    assert {c["verdict"] for c in json.loads(out)["cells"]} == {FASTER}
+
+
+@needs_torch
+@pytest.mark.torch
+@pytest.mark.slow
+def test_memory_and_accuracy_regressions_on_a_real_run(
+    real_runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    base = real_runs[0]
+    records = read_run(base)
+
+    rc, out, _ = run_compare(capsys, base, write_run(tmp_path / "m15", more_memory(records, 1.15)))
+    assert rc == 1 and "host peak RSS +15.0%" in out and "more memory" in out
+    rc, out, _ = run_compare(capsys, base, write_run(tmp_path / "m5", more_memory(records, 1.05)))
+    assert rc == 0, out
+
+    rc, out, _ = run_compare(
+        capsys, base, write_run(tmp_path / "acc", less_accurate(records, 2.0)), "--json", "-"
+    )
+    result = json.loads(out)
+    assert rc == 1 and result["regressed"]
+    (group,) = result["accuracy"]
+    assert group["regressed"] == ["distilled"] and group["seeds"] == [0, 1]
+    assert group["mean_delta_pts"]["distilled"] == pytest.approx(-2.0)
+    assert group["note"] == "mean over 2 seeds"
+    rc, _, _ = run_compare(capsys, base, write_run(tmp_path / "acc05", less_accurate(records, 0.5)))
+    assert rc == 0
+
+
+# --- rules, on synthetic records ------------------------------------------------------
+
+
+def test_a_big_shift_in_a_few_steps_is_uncertain_not_slower() -> None:
+    base = [synthetic(0, steps=8)]  # 3 steady steps after 5 warm-up steps
+    cmp = compare_records(base, [synthetic(0, scale=1.5, steps=8)])
+    check = cmp.cells[0].times["distill"]
+    assert check.ratio == pytest.approx(1.5)
+    assert check.verdict == UNCERTAIN and check.p_value is None
+    assert "too few" in check.note
+    assert cmp.exit_code == 0
+
+
+def test_a_tiny_significant_shift_within_the_threshold_is_same() -> None:
+    base = [synthetic(s, steps=2000) for s in (0, 1)]
+    cand = [synthetic(s, scale=1.02, steps=2000) for s in (0, 1)]
+    for cell in compare_records(base, cand).cells:
+        check = cell.times["distill"]
+        assert check.p_value < 1e-6  # significant...
+        assert check.verdict == SAME  # ...but only 2%
+
+
+def test_a_slowdown_in_one_seed_only_is_uncertain() -> None:
+    base = [synthetic(0), synthetic(1)]
+    cand = [synthetic(0, scale=1.3), synthetic(1)]
+    cmp = compare_records(base, cand)
+    seed0 = cmp.cells[0].times["teacher"]
+    assert seed0.seed_verdict == SLOWER and seed0.verdict == UNCERTAIN
+    assert "seed 1 same" in seed0.note
+    assert cmp.exit_code == 0
+    # With one seed there is nothing to reproduce it against: it stands.
+    assert compare_records(base[:1], cand[:1]).exit_code == 1
+
+
+def test_eval_has_medians_only_and_never_fails() -> None:
+    cand = synthetic(0)
+    cand["phases"]["eval"]["batch_time_median_s"] = 5e-4  # 5x slower
+    cell = compare_records([synthetic(0)], [cand]).cells[0]
+    assert cell.times["eval"].medians_only and cell.times["eval"].verdict == UNCERTAIN
+    assert cell.verdict == SAME and cell.regressions == []
+
+
+def test_teacher_from_the_cache_is_not_timed() -> None:
+    cand = synthetic(0, scale=2.0)
+    cand["phases"]["teacher"]["from_cache"] = True
+    cell = compare_records([synthetic(0)], [cand]).cells[0]
+    assert cell.times["teacher"].verdict == NOT_COMPARABLE
+    assert "teacher cache" in cell.times["teacher"].note
+    assert cell.times["distill"].verdict == SLOWER
+
+
+def test_device_memory_is_the_peak_over_phases() -> None:
+    base, cand = synthetic(0), synthetic(0)
+    for record, peak in ((base, 1000), (cand, 1200)):
+        record["phases"]["distill"]["device_peak_bytes"] = peak
+        record["phases"]["eval"]["device_peak_bytes"] = 10
+    cell = compare_records([base], [cand]).cells[0]
+    device = next(m for m in cell.memory if m.name == "device peak")
+    assert device.ratio == pytest.approx(1.2) and device.regressed
+    assert "device peak +20.0%" in cell.regressions
+
+
+def test_one_seed_accuracy_is_a_threshold_only_judgement() -> None:
+    cand = synthetic(0)
+    cand["metrics"]["teacher_acc"] -= 0.015
+    cmp = compare_records([synthetic(0)], [cand], Thresholds(accuracy=1.0))
+    (group,) = cmp.accuracy
+    assert group.regressed == ["teacher"]
+    assert group.note == "1 seed: threshold only, no averaging over seeds"
+
+
+def test_the_last_record_of_a_cell_wins() -> None:
+    failed = synthetic(0, status="failed", error="boom")
+    cmp = compare_records([synthetic(0)], [failed, synthetic(0)])
+    assert cmp.cells[0].verdict == SAME
+
+
+# --- refusals, missing and failed cells -------------------------------------------------
+
+
+def test_different_settings_are_refused_and_force_compares_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = write_run(tmp_path / "base", [synthetic(0), synthetic(1)])
+    other = synthetic(1)
+    other["settings"] = {**other["settings"], "threads": 4}
+    cand = write_run(tmp_path / "cand", [synthetic(0), other])
+
+    rc, out, _ = run_compare(capsys, base, cand)
+    assert rc == 0  # seed 0 compared; seed 1 refused, not an error
+    assert "refused: syn/pytorch/seed1: settings differ: threads 1 vs 4" in out
+
+    rc, out, _ = run_compare(capsys, base, cand, "--force", "--json", "-")
+    result = json.loads(out)
+    assert rc == 0 and result["refused"] == []
+    forced = result["cells"][1]
+    assert forced["forced"] == "forced: settings differ: threads 1 vs 4"
+    assert forced["verdict"] == SAME
+
+
+def test_nothing_comparable_is_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = write_run(tmp_path / "base", [synthetic(0)])
+    cand = write_run(
+        tmp_path / "cand",
+        [synthetic(0, device="cuda:0", spec={"name": "syn", "hash": "fedcba9876543210"})],
+    )
+    rc, out, err = run_compare(capsys, base, cand)
+    assert rc == 2
+    assert "spec content changed: hash 0123456789abcdef vs fedcba9876543210" in out
+    assert "device differs: cpu vs cuda:0" in out
+    assert err.startswith("kdbench: error: no cell could be compared")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    rc, _, _ = run_compare(capsys, base, cand, "--force")
+    assert rc == 0
+
+
+def test_missing_and_failed_cells_are_not_comparable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    timeout = synthetic(1, status="timeout", error="the cell ran past its time limit of 60 s")
+    base = write_run(tmp_path / "base", [synthetic(0), synthetic(1)])
+    cand = write_run(tmp_path / "cand", [synthetic(0), timeout, synthetic(2)])
+    rc, out, _ = run_compare(capsys, base, cand, "--json", "-")
+    assert rc == 0
+    cells = {c["seed"]: c for c in json.loads(out)["cells"]}
+    assert cells[0]["verdict"] == SAME
+    assert cells[1]["verdict"] == NOT_COMPARABLE
+    assert cells[1]["reason"] == "candidate timeout: the cell ran past its time limit of 60 s"
+    assert cells[2]["reason"] == "missing in baseline"
+    rc, out, _ = run_compare(capsys, cand, base, "--json", "-")
+    assert {c["seed"]: c["reason"] for c in json.loads(out)["cells"]}[2] == "missing in candidate"
+
+
+# --- input, output and exit codes ----------------------------------------------------------
+
+
+def test_json_output_structure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = write_run(tmp_path / "base", [synthetic(0)])
+    cand = write_run(tmp_path / "cand", [synthetic(0, scale=1.3)])
+    rc, out, err = run_compare(capsys, base, cand, "--json", "-", "--time-threshold", "0.1")
+    assert rc == 1
+    result = json.loads(out)  # stdout is the JSON alone; the table went to stderr
+    assert "kdbench compare" in err
+    assert set(result) >= {
+        "format", "baseline", "candidate", "thresholds", "regressed", "exit_code",
+        "counts", "cells", "accuracy", "refused", "warnings",
+    }  # fmt: skip
+    assert result["thresholds"] == {"time": 0.1, "memory": 0.1, "accuracy": 1.0, "alpha": 0.01}
+    assert result["counts"] == {SLOWER: 1}
+    (cell,) = result["cells"]
+    assert (cell["spec"], cell["backend"], cell["seed"]) == ("syn", "pytorch", 0)
+    teacher = cell["time"]["teacher"]
+    assert set(teacher) >= {
+        "verdict", "baseline_median_s", "candidate_median_s", "ratio", "throughput_ratio",
+        "ci", "p_value", "samples", "seed_verdict",
+    }  # fmt: skip
+    assert teacher["samples"] == [295, 295] and len(teacher["ci"]) == 2
+    assert cell["memory"]["host peak RSS"]["ratio"] == 1.0
+    assert cell["accuracy_delta_pts"] == {"teacher": 0.0, "scratch": 0.0, "distilled": 0.0}
+
+    rc, _, _ = run_compare(capsys, base, cand, "--json", tmp_path / "out.json")
+    assert json.loads((tmp_path / "out.json").read_text())["exit_code"] == rc == 1
+
+
+def test_a_torn_last_line_still_compares(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = write_run(tmp_path / "base", [synthetic(0), synthetic(1)])
+    cand = write_run(tmp_path / "cand", [synthetic(0), synthetic(1)])
+    with open(cand / "results.jsonl", "a") as fh:
+        fh.write(json.dumps(synthetic(2))[:120])  # cut off mid-write
+    rc, out, _ = run_compare(capsys, base, cand / "results.jsonl")  # a file works too
+    assert rc == 0
+    assert "warning:" in out and "line 3 is incomplete" in out
+    assert "2 cells: 2 same" in out
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "nope", "no results.jsonl here"),
+        (lambda d: write_run(d / "empty", []), "holds no records"),
+        (lambda d: write_run(d / "v9", [synthetic(0, schema_version=9)]), "schema_version 9"),
+    ],
+)
+def test_bad_input_is_exit_2_with_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    make: Callable[[Path], Path],
+    message: str,
+) -> None:
+    good = write_run(tmp_path / "good", [synthetic(0)])
+    rc, _, err = run_compare(capsys, good, make(tmp_path))
+    assert rc == 2 and message in err
+    assert err.startswith("kdbench: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_a_damaged_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write_run(tmp_path / "good", [synthetic(0)])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("garbage\n" + json.dumps(synthetic(0)) + "\n")
+    rc, _, err = run_compare(capsys, good, bad)
+    assert rc == 2 and "line 1 is not a JSON record" in err
+
+
+def test_bad_thresholds_are_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write_run(tmp_path / "good", [synthetic(0)])
+    rc, _, err = run_compare(capsys, good, good, "--alpha", "1.5")
+    assert rc == 2 and "--alpha must be between 0 and 1" in err
+    rc, _, err = run_compare(capsys, good, good, "--memory-threshold", "-0.1")
+    assert rc == 2 and "--memory-threshold must be 0 or more" in err

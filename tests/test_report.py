@@ -315,6 +315,25 @@ def test_last_record_of_a_cell_wins(tmp_path: Path) -> None:
     assert rows(accuracy.shown)["pytorch"]["seeds ok"] == "1/1"
 
 
+def test_matrix_labels_old_records_and_code_warnings(tmp_path: Path) -> None:
+    labelled = ok_record("pytorch", 0, (0.9, 0.8, 0.85))
+    labelled.update(label="wide", cell_id="tiny/pytorch/seed0/wide")
+    labelled["host"].update(git_commit="fedcba9876543210", git_dirty=True)
+    run = write_run(tmp_path / "m", [ok_record("pytorch", 0, (0.9, 0.8, 0.85)), labelled])
+    report = build([run])
+    assert list(report.sections[0].tables[0].shown["spec"]) == ["tiny", "tiny [wide]"]
+    assert any("2 different git commits" in n for n in report.notes)
+    assert any("uncommitted changes" in n for n in report.notes)
+
+    # Records from before settings.compile existed: the resolved mode is the setting.
+    old = [ok_record("pytorch", s, (0.9, 0.8, 0.85)) for s in (0, 1)]
+    for record in old:
+        del record["settings"]["compile"]
+    old[1]["settings"]["compile_mode"] = "torch.compile"
+    sections = build([write_run(tmp_path / "old", old)]).sections
+    assert [s.settings["settings.compile_mode"] for s in sections] == ["eager", "torch.compile"]
+
+
 # --- files ----------------------------------------------------------------------
 
 

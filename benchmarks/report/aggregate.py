@@ -284,6 +284,7 @@ def load(runs: Sequence[str | Path]) -> pd.DataFrame:
     for column in [*HARDWARE, *ROW, *settings, "label"]:
         frame[column] = frame[column].map(_text)
     frame["label"] = frame["label"].replace("-", "")
+    frame["device"] = frame["device"].map(lambda d: " ".join(d.split()))
     # A cell recorded twice in one run (a re-run appended to the same file)
     # counts once, its last record winning; cells that differ in spec or
     # settings stay apart even under one cell id.
@@ -296,7 +297,10 @@ def load(runs: Sequence[str | Path]) -> pd.DataFrame:
 
 
 def _settings_columns(frame: pd.DataFrame) -> list[str]:
-    return sorted(c for c in frame.columns if c.startswith("settings.") and c not in NOT_FAIRNESS)
+    """The fairness settings of these records. Without the requested compile
+    setting (older records) the resolved mode is all there is, and it splits."""
+    skip = NOT_FAIRNESS if "settings.compile" in frame else NOT_FAIRNESS - {"settings.compile_mode"}
+    return sorted(c for c in frame.columns if c.startswith("settings.") and c not in skip)
 
 
 def _infer_failed_devices(frame: pd.DataFrame) -> pd.Series:

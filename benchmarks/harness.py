@@ -23,6 +23,7 @@ import psutil
 
 from backends.base import Backend, LossConfig, Settings, Weights, get_backend
 from benchmarks.datasets import Dataset, load_dataset
+from benchmarks.flops import forward_flops, phase_flops_per_step
 from benchmarks.initial_weights import init_weights
 from benchmarks.plan import BatchPlan, learning_rates, make_plan, rng_for
 from benchmarks.spec import LoadedSpec, NetSpec
@@ -68,11 +69,26 @@ class Cell:
     data: Dataset
     warmup: int
     emit: Emit = _no_emit
+    peak_flops: float | None = None
+
+
+def efficiency(cell: Cell, phase: str, batch: int, times: np.ndarray) -> dict[str, Any]:
+    """Analytic FLOPs per step and the rate the median steady step achieved."""
+    flops = phase_flops_per_step(phase, cell.loaded.teacher_arch, cell.loaded.student_arch, batch)
+    steady = times[cell.warmup :] if len(times) > cell.warmup else times[-1:]
+    achieved = flops / float(np.median(steady))
+    peak = cell.peak_flops
+    return {
+        "flops_per_step": flops,
+        "achieved_flops_per_s": achieved,
+        "fraction_of_peak": achieved / peak if peak else None,
+    }
 
 
 def train_phase(
     cell: Cell, phase: str, net: NetSpec, state: Any, data: Any, plan: BatchPlan
 ) -> tuple[Any, dict[str, Any]]:
+    """Train through the whole plan, timing every step from dispatch to sync."""
     backend = cell.backend
     lrs = learning_rates(net, plan)
     times = np.empty(plan.total_steps)
@@ -107,6 +123,7 @@ def train_phase(
         "loss_step0": loss0,
         "loss_epochs": epoch_losses,
         **step_stats(times, cell.warmup, plan.batch_size),
+        **efficiency(cell, phase, plan.batch_size, times),
         "device_peak_bytes": backend.peak_memory(),
         "host_peak_rss_bytes": host_peak_rss(),
         "step_times_s": [round(float(t), 9) for t in times],
@@ -164,6 +181,43 @@ def save_cached_teacher(cache: Path, key: str, weights: Weights, stats: dict[str
     tmp_json = cache / f"{key}.json.tmp"
     tmp_json.write_text(json.dumps(stats))
     os.replace(tmp_json, cache / f"{key}.json")
+
+
+EVAL_REPEATS = 10
+
+
+def eval_phase(cell: Cell, model: Any, arch: Any, data: Any, batch: int) -> dict[str, Any]:
+    """Inference speed: one warm-up batch, then EVAL_REPEATS timed batches.
+
+    Accuracy comes from predict_all over the whole split; this times a fixed
+    full batch so every framework runs one static shape.
+    """
+    backend = cell.backend
+    idx = np.arange(batch, dtype=np.int32)
+    backend.reset_peak_memory()
+    times = []
+    for _ in range(1 + EVAL_REPEATS):
+        t0 = time.perf_counter()
+        out = backend.predict(model, data, idx)
+        backend.sync(out)
+        times.append(time.perf_counter() - t0)
+    steady = np.array(times[1:])
+    median = float(np.median(steady))
+    flops = forward_flops(arch) * batch
+    return {
+        "batch_size": batch,
+        "warmup_s": times[0],
+        "steady_steps": EVAL_REPEATS,
+        "step_time_median_s": median,
+        "step_time_iqr_s": float(np.subtract(*np.percentile(steady, [75, 25]))),
+        "throughput_samples_per_s": batch / median,
+        "flops_per_step": flops,
+        "achieved_flops_per_s": flops / median,
+        "fraction_of_peak": flops / median / cell.peak_flops if cell.peak_flops else None,
+        "device_peak_bytes": backend.peak_memory(),
+        "step_times_s": [round(t, 9) for t in times],
+        "warmup_steps": 1,
+    }
 
 
 def run_cell(
@@ -253,31 +307,19 @@ def run_cell(
 
     cell.emit({"phase": "eval"})
     batch = spec.measure.eval_batch_size
-    backend.reset_peak_memory()
-    t0 = time.perf_counter()
     preds: dict[str, np.ndarray] = {}
-    eval_times: list[float] = []
     val_acc: dict[str, float | None] = {}
     for name, model in (("teacher", teacher), ("scratch", scratch), ("distilled", student)):
-        logits, times = predict_all(cell, model, test, len(data.y_test), batch)
+        logits, _ = predict_all(cell, model, test, len(data.y_test), batch)
         preds[name] = logits.argmax(axis=-1)
-        eval_times += times
         if val is not None:
             vlogits, _ = predict_all(cell, model, val, len(data.y_val), batch)
             val_acc[name] = float(np.mean(vlogits.argmax(axis=-1) == data.y_val))
         else:
             val_acc[name] = None
-    eval_wall = time.perf_counter() - t0
-    # The first eval batch of each model may compile; report the steady ones.
-    steady_eval = np.array(eval_times[1:] or eval_times)
-    phases["eval"] = {
-        "wall_s": eval_wall,
-        "batches": len(eval_times),
-        "batch_size": batch,
-        "batch_time_median_s": float(np.median(steady_eval)),
-        "throughput_samples_per_s": min(batch, len(data.y_test)) / float(np.median(steady_eval)),
-        "device_peak_bytes": backend.peak_memory(),
-    }
+    eval_batch = min(batch, len(data.y_test))
+    phases["eval_teacher"] = eval_phase(cell, teacher, loaded.teacher_arch, test, eval_batch)
+    phases["eval_student"] = eval_phase(cell, student, loaded.student_arch, test, eval_batch)
 
     y = data.y_test
     acc = {name: float(np.mean(p == y)) for name, p in preds.items()}

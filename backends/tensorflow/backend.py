@@ -93,6 +93,10 @@ class TensorFlowBackend(Backend):
             # TF grabs the whole GPU otherwise; growth keeps in-use peaks comparable.
             with contextlib.suppress(RuntimeError):  # GPUs already initialised here
                 tf.config.experimental.set_memory_growth(gpu, True)
+        if settings.device == "cpu" and gpus:
+            # Hide the GPUs: ops outside a device scope would otherwise land on them.
+            with contextlib.suppress(RuntimeError):
+                tf.config.set_visible_devices([], "GPU")
         self.gpu = settings.device != "cpu" and bool(gpus)
         self.device = "/GPU:0" if self.gpu else "/CPU:0"
         # Same number for both pools, as the PyTorch backend does.

@@ -149,12 +149,11 @@ def write_run(folder: Path, records: list[dict[str, Any]]) -> Path:
     return folder
 
 
-@pytest.fixture
-def runs(tmp_path: Path) -> tuple[Path, Path]:
+def make_runs(base: Path) -> tuple[Path, Path]:
     """Run A: CPU, float32 (three backends, failures) and tf32 (one cell).
     Run B: an H100 with device counters and FLOP/s; its jax cell ran out of memory."""
     a = write_run(
-        tmp_path / "run-a",
+        base / "run-a",
         [
             ok_record("pytorch", 0, (0.90, 0.80, 0.83), 0.95, step_s=0.001),
             ok_record("tensorflow", 0, (0.91, 0.80, 0.82)),
@@ -168,7 +167,7 @@ def runs(tmp_path: Path) -> tuple[Path, Path]:
         ],
     )
     b = write_run(
-        tmp_path / "run-b",
+        base / "run-b",
         [
             ok_record(
                 "pytorch",
@@ -184,6 +183,19 @@ def runs(tmp_path: Path) -> tuple[Path, Path]:
         + [failed_record("jax", 0, "oom", "XlaRuntimeError: RESOURCE_EXHAUSTED", run_id="B")],
     )
     return a, b
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> tuple[Path, Path]:
+    return make_runs(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """The full report of both runs, written once for the tests that read files."""
+    base = tmp_path_factory.mktemp("published")
+    out = base / "report"
+    return out, write_report([str(r) for r in make_runs(base)], out)
 
 
 def rows(table: pd.DataFrame) -> dict[str, dict[str, str]]:
@@ -254,6 +266,14 @@ def test_accuracy_table_pins_means_and_intervals(runs: tuple[Path, Path]) -> Non
     assert gain["n"] == 3 and gain["unit"] == "pts"
     assert gain["ci_low"] == pytest.approx(10 / 3 - 4.30265 / 3, abs=1e-4)
     assert gain["ci_high"] == pytest.approx(10 / 3 + 4.30265 / 3, abs=1e-4)
+
+
+def test_a_seed_repeated_across_runs_counts_once(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    again = write_run(tmp_path / "run-c", [ok_record("pytorch", 0, (0.92, 0.80, 0.83), 0.95)])
+    torch = rows(build([runs[0], again]).sections[0].tables[0].shown)["pytorch"]
+    assert torch["seeds ok"] == "3/3 (4/4 cells)"
+    # seed 0: (90 + 92) / 2 = 91; with 92 and 94: mean 92.33, sd 1.5275, half-width 3.79
+    assert torch["teacher acc %"] == "92.33 ± 3.79"
 
 
 def test_speed_and_resource_tables(runs: tuple[Path, Path]) -> None:
@@ -337,9 +357,8 @@ def test_matrix_labels_old_records_and_code_warnings(tmp_path: Path) -> None:
 # --- files ----------------------------------------------------------------------
 
 
-def test_every_format_is_written(runs: tuple[Path, Path], tmp_path: Path) -> None:
-    out = tmp_path / "report"
-    files = write_report([str(r) for r in runs], out)
+def test_every_format_is_written(published: tuple[Path, list[Path]]) -> None:
+    out, files = published
     names = {str(p.relative_to(out)) for p in files}
     assert {"report.md", "report.html", "report.tex", "report.json"} <= names
     for table in ("accuracy", "speed", "resources", "failures", "cells",
@@ -375,9 +394,8 @@ def test_every_format_is_written(runs: tuple[Path, Path], tmp_path: Path) -> Non
     assert len(cells) == 12 and "phases.teacher.step_times_s" not in cells
 
 
-def test_html_is_one_self_contained_page(runs: tuple[Path, Path], tmp_path: Path) -> None:
-    out = tmp_path / "report"
-    write_report([str(r) for r in runs], out, ["html"])
+def test_html_is_one_self_contained_page(published: tuple[Path, list[Path]]) -> None:
+    out, _ = published
     page = (out / "report.html").read_text()
     assert "http://" not in page and "https://" not in page
     links = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]*)""", page)
@@ -392,13 +410,11 @@ def test_html_is_one_self_contained_page(runs: tuple[Path, Path], tmp_path: Path
     assert 'class="bad"' in page  # rows with failed cells are marked
     for fact in ("0123456789ab", "framework version", "9.9", "kdbench run tiny.toml"):
         assert fact in page
-    assert not (out / "report.md").exists()
 
 
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no chromium to render with")
-def test_html_renders_in_chromium(runs: tuple[Path, Path], tmp_path: Path) -> None:
-    out = tmp_path / "report"
-    write_report([str(r) for r in runs], out, ["html"])
+def test_html_renders_in_chromium(published: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    out, _ = published
     shot = tmp_path / "shot.png"
     profile = tmp_path / "profile"
     subprocess.run(

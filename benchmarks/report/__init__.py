@@ -69,11 +69,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     written = write_report(
         args.runs, out, formats, plots=not args.no_plots, force=bool(getattr(args, "force", False))
     )
-    folder = written[0].parent if written else out
-    print(f"kdbench: report of {len(args.runs)} run(s) -> {folder}")
-    for path in written:
-        if path.name != MANIFEST:
-            print(f"  {path}")
+    folder = written[-1].parent  # the manifest, written last, sits at the top
+    names = [str(p.relative_to(folder)) for p in written if p.name != MANIFEST]
+    pages = [n for n in names if "/" not in n]
+    csvs = [n for n in names if n.startswith("csv/")]
+    pngs = [n for n in names if n.startswith("plots/")]
+    parts = pages + ([f"csv/ ({len(csvs)} tables)"] if csvs else [])
+    parts += [f"plots/ ({len(pngs)} figures)"] if pngs else []
+    print(f"kdbench: report of {len(args.runs)} run(s) -> {folder}: {', '.join(parts)}")
     return 0
 
 

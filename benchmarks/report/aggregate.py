@@ -264,15 +264,20 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def load(runs: Sequence[str | Path]) -> pd.DataFrame:
-    """All cells of the runs, the last record of a cell winning, keys as text."""
-    seen: list[Path] = []
+def run_paths(runs: Sequence[str | Path]) -> list[Path]:
+    """The run folders named, each once however it was spelled."""
+    seen: dict[Path, Path] = {}
     for run in runs:
         path = Path(run)
         if not path.exists():
             raise KdbenchError(f"run folder {run} does not exist")
-        if path.resolve() not in [p.resolve() for p in seen]:
-            seen.append(path)
+        seen.setdefault(path.resolve(), path)
+    return list(seen.values())
+
+
+def load(runs: Sequence[str | Path]) -> pd.DataFrame:
+    """All cells of the runs, the last record of a cell winning, keys as text."""
+    seen = run_paths(runs)
     frame = load_runs(seen, keep_step_times=True)
     if frame.empty:
         raise KdbenchError(f"no records in {', '.join(map(str, seen))}; nothing to report")
@@ -373,7 +378,7 @@ def build(runs: Sequence[str | Path]) -> Report:
             "numbers from different sections are not comparable."
         )
     return Report(
-        [Path(r) for r in dict.fromkeys(str(Path(r)) for r in runs)],
+        run_paths(runs),
         frame,
         sections,
         _runs_environment(frame),
@@ -388,6 +393,13 @@ def _rows(cells: pd.DataFrame) -> Iterable[tuple[str, str, pd.DataFrame]]:
         of_spec = cells[cells["spec"] == spec]
         for backend in _backend_order(of_spec["backend"]):
             yield spec, backend, of_spec[of_spec["backend"] == backend]
+
+
+def _seeds_ok(ok: pd.DataFrame, group: pd.DataFrame) -> str:
+    """Distinct seeds that finished, of those tried; repeated cells said apart."""
+    seeds = group["seed"].map(_text)
+    text = f"{ok['seed'].map(_text).nunique()}/{seeds.nunique()}"
+    return text if len(group) == seeds.nunique() else f"{text} ({len(ok)}/{len(group)} cells)"
 
 
 def _status(group: pd.DataFrame) -> str:
@@ -407,12 +419,17 @@ def _stat_table(
         ok = group[group["status"] == "ok"]
         row: dict[str, str] = {"spec": spec, "backend": backend}
         if status:
-            row["seeds ok"] = f"{len(ok)}/{len(group)}"
+            row["seeds ok"] = _seeds_ok(ok, group)
         if name == "speed":
             modes = sorted({_text(m) for m in ok.get("settings.compile_mode", pd.Series())})
             row["compile mode"] = ", ".join(modes) or "-"
         for q in quantities:
-            values = pd.to_numeric(ok[q.column], errors="coerce").dropna() * q.scale
+            values = pd.to_numeric(ok[q.column], errors="coerce") * q.scale
+            if q.how == "ci":
+                # Seeds are the independent replicates: the same seed run twice
+                # (in two runs) trains the same model, so its repeats count once.
+                values = values.groupby(ok["seed"].map(_text)).mean()
+            values = values.dropna()
             stat = describe(values)
             if q.shown:
                 row[q.header] = format_stat(stat, q.decimals, q.how)
@@ -437,8 +454,9 @@ def _stat_table(
     if name == "accuracy":
         notes.append(
             f"mean ± half-width of the {CONFIDENCE:.0%} Student-t confidence interval over the "
-            "seeds that finished; the KD gain is distilled minus scratch accuracy of the same "
-            "seed (paired), in percentage points. Test-set accuracy after the last epoch."
+            "seeds that finished (a seed run in several runs counts once, its repeats "
+            "averaged); the KD gain is distilled minus scratch accuracy of the same seed "
+            "(paired), in percentage points. Test-set accuracy after the last epoch."
         )
     if name == "speed":
         notes.append(

@@ -35,6 +35,8 @@ HARDWARE = ["device", "host.cpu", "host.cpu_count"]
 # mode is each framework's spelling of settings.compile, and the requested
 # device is replaced by the device the cell actually ran on.
 NOT_FAIRNESS = {"settings.compile_mode", "settings.device"}
+# Where a cell failed before it chose a device and no cell of its run says which.
+UNKNOWN_DEVICE = "unknown device"
 # The row key inside a section.
 ROW = ["spec.name", "label", "spec.hash", "backend"]
 
@@ -327,7 +329,7 @@ def _infer_failed_devices(frame: pd.DataFrame) -> pd.Series:
                 device[i] = found.pop()
                 break
         else:
-            device[i] = "unknown (the cell failed before choosing a device)"
+            device[i] = UNKNOWN_DEVICE
     return device
 
 

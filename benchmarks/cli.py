@@ -1,4 +1,4 @@
-"""The ``kdbench`` command line: run, show, list, validate."""
+"""The ``kdbench`` command line: run, show, list, validate, report, compare."""
 
 from __future__ import annotations
 
@@ -262,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check spec files without running them")
     val.add_argument("specs", nargs="+", help="spec names or .toml files")
     val.set_defaults(func=cmd_validate)
+
+    from benchmarks import compare, report
+
+    report.add_parser(sub)
+    compare.add_parser(sub)
     return parser
 
 

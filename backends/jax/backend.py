@@ -308,6 +308,21 @@ class JaxBackend(Backend):
         xb = jax.device_put(np.ascontiguousarray(x, dtype=np.float32), self.device)
         return np.asarray(self._eval(model, xb, np.arange(len(x), dtype=np.int32)))
 
+    def forward_cost_analysis(self, model: JaxModel, x: np.ndarray) -> float | None:
+        """XLA's own FLOP count of the compiled inference step on x (for the FLOP tests).
+
+        None where the platform reports no cost analysis.
+        """
+        xb = jax.device_put(np.ascontiguousarray(x, dtype=np.float32), self.device)
+        idx = np.arange(len(x), dtype=np.int32)
+        compiled = _logits_jit.lower(model.module, model.params, xb, idx).compile()
+        cost = compiled.cost_analysis()
+        if isinstance(cost, list | tuple):  # older jax: one dict per computation
+            cost = cost[0] if cost else None
+        if not cost or "flops" not in cost:
+            return None
+        return float(cost["flops"])
+
     def loss_and_grads(
         self,
         model: JaxModel,

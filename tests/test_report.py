@@ -58,6 +58,7 @@ def ok_record(
             "first_step_s": 0.5,
             "steady_steps": 10,
             "step_time_median_s": step_s,
+            "step_time_iqr_s": step_s / 2,
             "throughput_samples_per_s": 32 / step_s,
             # Two slow warm-up steps that the step-time plot must leave out.
             "step_times_s": [0.5, 0.4] + [step_s] * 10,
@@ -69,12 +70,20 @@ def ok_record(
         if flops is not None:
             phases[phase]["achieved_flops_per_s"] = flops
             phases[phase]["fraction_of_peak"] = 0.25
-    phases["eval"] = {
-        "batch_time_median_s": 0.001,
-        "throughput_samples_per_s": 1e6,
-        "device_peak_bytes": device_peak,
-        "batch_size": 1000,
-    }
+    for model in ("teacher", "student"):
+        phases[f"eval_{model}"] = {
+            "batch_size": 1000,
+            "warmup_s": 0.2,
+            "warmup_steps": 1,
+            "step_time_median_s": 0.001,
+            "step_time_iqr_s": 0.0001,
+            "throughput_samples_per_s": 1e6,
+            "step_times_s": [0.2] + [0.001] * 10,
+            "device_peak_bytes": device_peak,
+        }
+        if flops is not None:
+            phases[f"eval_{model}"]["achieved_flops_per_s"] = flops / 2
+            phases[f"eval_{model}"]["fraction_of_peak"] = 0.125
     return {
         **_base(backend, seed, run_id, precision),
         "device": device,
@@ -276,25 +285,56 @@ def test_a_seed_repeated_across_runs_counts_once(runs: tuple[Path, Path], tmp_pa
     assert torch["teacher acc %"] == "92.33 ± 3.79"
 
 
-def test_speed_and_resource_tables(runs: tuple[Path, Path]) -> None:
+def by_phase(table: pd.DataFrame) -> dict[tuple[str, str], dict[str, str]]:
+    return {(r["phase"], r["backend"]): r for r in table.to_dict("records")}
+
+
+def test_phase_and_host_tables(runs: tuple[Path, Path]) -> None:
     sections = build(runs).sections
-    speed = rows(sections[0].tables[1].shown)
-    # median over seeds of 1, 2, 3 ms; samples/s is the median of 32000, 16000, 10667
-    assert speed["pytorch"]["teacher step ms"] == "2.00"
-    assert speed["pytorch"]["distill samples/s"] == "16000"
-    assert speed["pytorch"]["compile mode"] == "eager"
-    assert speed["pytorch"]["teacher warm-up s"] == "0.900"
-    assert speed["jax"]["eval samples/s"] == "1000000"
-    cpu = sections[0].tables[2]
+    phases = sections[0].tables[1]
+    assert phases.name == "phases"
     # No device counter and no FLOP/s on this CPU: those columns are left out, and said so.
-    assert list(cpu.shown.columns) == ["spec", "backend", "host peak RSS MiB"]
-    assert rows(cpu.shown)["pytorch"]["host peak RSS MiB"] == "400.0"
-    assert any("teacher GFLOP/s" in n for n in cpu.notes)
-    gpu = rows(sections[2].tables[2].shown)
-    assert gpu["pytorch"]["distill device peak MiB"] == "576.0"  # max of 512 and 576
-    assert gpu["pytorch"]["distill GFLOP/s"] == "2500.00"
-    assert gpu["pytorch"]["distill % of peak"] == "25.0"
-    assert gpu["jax"]["distill GFLOP/s"] == "-"
+    assert list(phases.shown.columns) == [
+        "spec", "phase", "backend", "compile mode", "step ms", "step IQR ms", "samples/s",
+        "warm-up ms",
+    ]  # fmt: skip
+    assert any("GFLOP/s" in n and "device peak MiB" in n for n in phases.notes)
+    order = [(r["phase"], r["backend"]) for _, r in phases.shown.iterrows()]
+    assert order[:3] == [("teacher training", b) for b in ("pytorch", "tensorflow", "jax")]
+    assert [p for p, _ in order[::3]] == [
+        "teacher training", "student from scratch", "distillation", "teacher inference",
+        "student inference",
+    ]  # fmt: skip
+    cpu = by_phase(phases.shown)
+    # median over seeds of 1, 2, 3 ms; samples/s the median of 32000, 16000, 10667
+    torch = cpu[("distillation", "pytorch")]
+    assert torch["step ms"] == "2.000" and torch["samples/s"] == "16000"
+    assert torch["step IQR ms"] == "1.000" and torch["warm-up ms"] == "900.0"
+    assert torch["compile mode"] == "eager"
+    assert cpu[("student inference", "jax")]["samples/s"] == "1000000"
+    # The tensorflow seed that failed is not in its median (2 ms of seeds 0 and 1).
+    assert cpu[("teacher training", "tensorflow")]["step ms"] == "2.000"
+
+    host = rows(sections[0].tables[2].shown)
+    assert host["pytorch"]["host peak RSS MiB"] == "400.0"
+    assert host["pytorch"]["framework import MiB"] == "100.0"
+    assert host["pytorch"]["cell wall s"] == "10.0"
+
+    gpu = by_phase(sections[2].tables[1].shown)
+    torch = gpu[("distillation", "pytorch")]
+    assert torch["device peak MiB"] == "576.0"  # max of 512 and 576
+    assert torch["GFLOP/s"] == "2500.00" and torch["% of peak"] == "25.0"
+    assert gpu[("distillation", "jax")]["GFLOP/s"] == "-"
+
+
+def test_old_records_with_one_eval_phase(tmp_path: Path) -> None:
+    record = ok_record("pytorch", 0, (0.9, 0.8, 0.85))
+    for name in ("eval_teacher", "eval_student"):
+        del record["phases"][name]
+    record["phases"]["eval"] = {"batch_time_median_s": 0.004, "throughput_samples_per_s": 250.0}
+    table = by_phase(build([write_run(tmp_path / "old", [record])]).sections[0].tables[1].shown)
+    assert table[("inference", "pytorch")]["step ms"] == "4.000"
+    assert table[("inference", "pytorch")]["samples/s"] == "250"
 
 
 def test_failed_cells_are_listed_with_their_reason(runs: tuple[Path, Path]) -> None:
@@ -324,7 +364,8 @@ def test_missing_fields_do_not_fail(tmp_path: Path) -> None:
     run = write_run(tmp_path / "old", [record])
     files = write_report([str(run)])
     report = build([run])
-    assert rows(report.sections[0].tables[1].shown)["pytorch"]["teacher step ms"] == "-"
+    phases = report.sections[0].tables[1]
+    assert phases.shown.empty and "No phase timings in these records." in phases.notes
     assert (run / "report" / "report.html").is_file() and files
 
 
@@ -361,7 +402,7 @@ def test_every_format_is_written(published: tuple[Path, list[Path]]) -> None:
     out, files = published
     names = {str(p.relative_to(out)) for p in files}
     assert {"report.md", "report.html", "report.tex", "report.json"} <= names
-    for table in ("accuracy", "speed", "resources", "failures", "cells",
+    for table in ("accuracy", "phases", "host", "failures", "cells",
                   "environment_runs", "environment_frameworks"):  # fmt: skip
         assert f"csv/{table}.csv" in names
     pngs = sorted(out.glob("plots/*.png"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,17 @@ from benchmarks.errors import KdbenchError
 from benchmarks.records import load_runs
 from benchmarks.tables import COLUMNS as SHOW_COLUMNS
 
-PHASES = ("teacher", "scratch", "distill", "eval")
+# Phases in the order a cell runs them; records name what they have (older
+# ones one "eval" phase, newer ones an inference phase per model).
+PHASE_ORDER = ("teacher", "scratch", "distill", "eval_teacher", "eval_student", "eval")
+PHASE_NAMES = {
+    "teacher": "teacher training",
+    "scratch": "student from scratch",
+    "distill": "distillation",
+    "eval_teacher": "teacher inference",
+    "eval_student": "student inference",
+    "eval": "inference",
+}
 TRAIN_PHASES = ("teacher", "scratch", "distill")
 MIB = 1024.0**2
 CONFIDENCE = 0.95
@@ -66,7 +76,6 @@ class Quantity:
     scale: float
     decimals: int
     how: str  # "ci": mean and t-interval; "median": median over seeds; "max"
-    shown: bool = True  # False: only in the tidy CSV
 
     @classmethod
     def from_show(cls, column: str, unit: str, how: str, header: str | None = None) -> Quantity:
@@ -84,80 +93,32 @@ ACCURACY = [
 ]
 
 
-def _speed() -> list[Quantity]:
-    out = []
-    for phase in TRAIN_PHASES:
-        shown = phase != "scratch"
-        p = f"phases.{phase}"
-        out += [
-            Quantity(f"{p}.step_time_median_s", f"{phase} step ms", "ms", 1e3, 2, "median", shown),
-            Quantity(
-                f"{p}.throughput_samples_per_s",
-                f"{phase} samples/s",
-                "samples/s",
-                1,
-                0,
-                "median",
-                shown,
-            ),
-        ]
-    out += [
-        Quantity("phases.eval.batch_time_median_s", "eval batch ms", "ms", 1e3, 3, "median"),
-        Quantity(
-            "phases.eval.throughput_samples_per_s", "eval samples/s", "samples/s", 1, 0, "median"
-        ),
-    ]
-    for phase in TRAIN_PHASES:
-        shown = phase != "scratch"
-        out.append(
-            Quantity(f"phases.{phase}.warmup_s", f"{phase} warm-up s", "s", 1, 3, "median", shown)
-        )
-    out.append(Quantity("timings.setup_s", "framework setup s", "s", 1, 2, "median", False))
-    return out
+# Per phase (field in phases.<phase>.*): one table row per spec, phase and backend.
+PHASE_QUANTITIES = [
+    Quantity("step_time_median_s", "step ms", "ms", 1e3, 3, "median"),
+    Quantity("step_time_iqr_s", "step IQR ms", "ms", 1e3, 3, "median"),
+    Quantity("throughput_samples_per_s", "samples/s", "samples/s", 1, 0, "median"),
+    Quantity("warmup_s", "warm-up ms", "ms", 1e3, 1, "median"),
+    Quantity("achieved_flops_per_s", "GFLOP/s", "GFLOP/s", 1e-9, 2, "median"),
+    Quantity("fraction_of_peak", "% of peak", "%", 100, 1, "median"),
+    Quantity("device_peak_bytes", "device peak MiB", "MiB", 1 / MIB, 1, "max"),
+]
+
+# Per cell: the process as a whole.
+HOST_QUANTITIES = [
+    Quantity("memory.host_peak_rss_bytes", "host peak RSS MiB", "MiB", 1 / MIB, 1, "max"),
+    Quantity("memory.framework_import_bytes", "framework import MiB", "MiB", 1 / MIB, 1, "median"),
+    Quantity("timings.setup_s", "framework setup s", "s", 1, 2, "median"),
+    Quantity("duration_s", "cell wall s", "s", 1, 1, "median"),
+]
 
 
-def _resources() -> list[Quantity]:
-    out = []
-    for phase in PHASES:
-        out.append(
-            Quantity(
-                f"phases.{phase}.device_peak_bytes",
-                f"{phase} device peak MiB",
-                "MiB",
-                1 / MIB,
-                1,
-                "max",
-                phase != "scratch",
-            )
-        )
-    out.append(
-        Quantity("memory.host_peak_rss_bytes", "host peak RSS MiB", "MiB", 1 / MIB, 1, "max")
+def phases_of(frame: pd.DataFrame) -> list[str]:
+    """The phases these records have, in the order a cell runs them."""
+    names = {c.split(".")[1] for c in frame.columns if c.startswith("phases.") and c.count(".") > 1}
+    return sorted(
+        names, key=lambda p: (PHASE_ORDER.index(p) if p in PHASE_ORDER else len(PHASE_ORDER), p)
     )
-    out.append(
-        Quantity(
-            "memory.framework_import_bytes",
-            "framework import MiB",
-            "MiB",
-            1 / MIB,
-            1,
-            "median",
-            False,
-        )
-    )
-    for phase in PHASES:
-        shown = phase != "scratch"
-        p = f"phases.{phase}"
-        out += [
-            Quantity(
-                f"{p}.achieved_flops_per_s", f"{phase} GFLOP/s", "GFLOP/s", 1e-9, 2, "median", shown
-            ),
-            Quantity(f"{p}.fraction_of_peak", f"{phase} % of peak", "%", 100, 1, "median", shown),
-        ]
-    return out
-
-
-SPEED = _speed()
-RESOURCES = _resources()
 
 
 @dataclass(frozen=True)
@@ -297,9 +258,12 @@ def load(runs: Sequence[str | Path]) -> pd.DataFrame:
     # settings stay apart even under one cell id.
     same_cell = ["run_dir", "cell_id", "spec.hash", "label", *settings]
     frame = frame.drop_duplicates(subset=same_cell, keep="last").reset_index(drop=True)
-    for q in [*ACCURACY, *SPEED, *RESOURCES]:
+    for q in [*ACCURACY, *HOST_QUANTITIES]:
         if q.column not in frame:
             frame[q.column] = np.nan
+    # Older records time inference per batch of the whole test split.
+    if "phases.eval.batch_time_median_s" in frame and "phases.eval.step_time_median_s" not in frame:
+        frame["phases.eval.step_time_median_s"] = frame["phases.eval.batch_time_median_s"]
     return frame
 
 
@@ -363,11 +327,7 @@ def build(runs: Sequence[str | Path]) -> Report:
         cells = cells.copy()
         cells["spec"] = _row_label(cells)
         section = Section(index, hardware, settings, cells)
-        section.tables = [
-            _stat_table(section, "accuracy", "Accuracy over seeds", ACCURACY, status=True),
-            _stat_table(section, "speed", "Steady-state speed and warm-up", SPEED),
-            _stat_table(section, "resources", "Peak memory and achieved compute", RESOURCES),
-        ]
+        section.tables = [_accuracy(section), _phases(section), _host(section)]
         failures = _failures(section)
         if failures is not None:
             section.tables.append(failures)
@@ -413,80 +373,120 @@ def _status(group: pd.DataFrame) -> str:
     return f"{counts}: {reason[:100]}"
 
 
-def _stat_table(
-    section: Section, name: str, title: str, quantities: list[Quantity], status: bool = False
-) -> Table:
+Row = tuple[dict[str, str], pd.DataFrame, list[Quantity]]
+
+
+def _values(ok: pd.DataFrame, q: Quantity) -> pd.Series:
+    """The quantity over the finished seeds of a row, scaled to its unit."""
+    if q.column not in ok:
+        return pd.Series(dtype=float)
+    values = pd.to_numeric(ok[q.column], errors="coerce") * q.scale
+    if q.how == "ci":
+        # Seeds are the independent replicates: the same seed run twice (in
+        # two runs) trains the same model, so its repeats count once.
+        values = values.groupby(ok["seed"].map(_text)).mean()
+    return values.dropna()
+
+
+def _table(section: Section, name: str, title: str, rows: Iterable[Row]) -> Table:
+    """Shown text and tidy numbers for rows of (keys, cells, quantities)."""
     shown_rows, tidy_rows = [], []
-    for spec, backend, group in _rows(section.cells):
+    for keys, group, quantities in rows:
         ok = group[group["status"] == "ok"]
-        row: dict[str, str] = {"spec": spec, "backend": backend}
-        if status:
-            row["seeds ok"] = _seeds_ok(ok, group)
-        if name == "speed":
+        row = {k: v for k, v in keys.items() if k != "phase"}
+        if "phase" in keys:
+            row = {"spec": keys["spec"], "phase": PHASE_NAMES.get(keys["phase"], keys["phase"])}
+            row["backend"] = keys["backend"]
             modes = sorted({_text(m) for m in ok.get("settings.compile_mode", pd.Series())})
             row["compile mode"] = ", ".join(modes) or "-"
+        if name == "accuracy":
+            row["seeds ok"] = _seeds_ok(ok, group)
         for q in quantities:
-            values = pd.to_numeric(ok[q.column], errors="coerce") * q.scale
-            if q.how == "ci":
-                # Seeds are the independent replicates: the same seed run twice
-                # (in two runs) trains the same model, so its repeats count once.
-                values = values.groupby(ok["seed"].map(_text)).mean()
-            values = values.dropna()
-            stat = describe(values)
-            if q.shown:
-                row[q.header] = format_stat(stat, q.decimals, q.how)
+            stat = describe(_values(ok, q))
+            row[q.header] = format_stat(stat, q.decimals, q.how)
             tidy_rows.append(
                 {
                     "section": section.index,
                     **section.key,
-                    "spec": spec,
+                    **keys,
                     "spec_hash": group["spec.hash"].iloc[0],
-                    "backend": backend,
                     "quantity": q.column,
                     "unit": q.unit,
                     "aggregate": {"ci": "mean", "median": "median", "max": "max"}[q.how],
                     **{k: getattr(stat, k) for k in Stat.__dataclass_fields__},
                 }
             )
-        if status:
+        if name == "accuracy":
             row["status"] = _status(group)
         shown_rows.append(row)
-    shown = pd.DataFrame(shown_rows)
-    notes = []
-    if name == "accuracy":
-        notes.append(
-            f"mean ± half-width of the {CONFIDENCE:.0%} Student-t confidence interval over the "
-            "seeds that finished (a seed run in several runs counts once, its repeats "
-            "averaged); the KD gain is distilled minus scratch accuracy of the same seed "
-            "(paired), in percentage points. Test-set accuracy after the last epoch."
+    return Table(name, title, pd.DataFrame(shown_rows), pd.DataFrame(tidy_rows))
+
+
+def _accuracy(section: Section) -> Table:
+    rows = (({"spec": s, "backend": b}, g, ACCURACY) for s, b, g in _rows(section.cells))
+    table = _table(section, "accuracy", "Accuracy over seeds", rows)
+    table.notes.append(
+        f"mean ± half-width of the {CONFIDENCE:.0%} Student-t confidence interval over the "
+        "seeds that finished (a seed run in several runs counts once, its repeats averaged); "
+        "the KD gain is distilled minus scratch accuracy of the same seed (paired), in "
+        "percentage points. Test-set accuracy after the last epoch."
+    )
+    return table
+
+
+def _phases(section: Section) -> Table:
+    """One row per spec, phase and backend: the frameworks side by side per phase."""
+    cells = section.cells
+    rows: list[Row] = []
+    for spec in dict.fromkeys(cells["spec"]):
+        of_spec = cells[cells["spec"] == spec]
+        for phase in phases_of(of_spec.dropna(axis=1, how="all")):
+            quantities = [replace(q, column=f"phases.{phase}.{q.column}") for q in PHASE_QUANTITIES]
+            for backend in _backend_order(of_spec["backend"]):
+                keys = {"spec": spec, "phase": phase, "backend": backend}
+                rows.append((keys, of_spec[of_spec["backend"] == backend], quantities))
+    table = _table(section, "phases", "Speed, compute and device memory per phase", rows)
+    if not rows:
+        table.notes.append("No phase timings in these records.")
+        return table
+    table.shown, dropped = _drop_empty(table.shown)
+    table.notes.append(
+        "Median over seeds of each cell's steady-state median step (the warm-up steps "
+        "excluded, the device synchronised before the clock stops); IQR: each cell's "
+        "interquartile range of step times; samples/s = batch size / median step. Warm-up ms: "
+        "the warm-up steps, compilation included. GFLOP/s: analytic FLOPs per step / median "
+        "step. Device peak MiB: the largest in-use peak the framework reported over seeds."
+    )
+    cached = cells.get("phases.teacher.from_cache")
+    if cached is not None and cached.map(lambda v: v is True).any():
+        table.notes.append(
+            f"{int(cached.map(lambda v: v is True).sum())} cell(s) loaded a cached teacher: "
+            "their teacher-training timings are those of the cell that trained it."
         )
-    if name == "speed":
-        notes.append(
-            "Median over seeds of each cell's median steady-state step (warm-up steps "
-            "excluded, device synchronised before the clock stops); samples/s = batch size / "
-            "median step time. Warm-up s: the first warm-up steps, compilation included."
-        )
-        cached = section.cells.get("phases.teacher.from_cache")
-        if cached is not None and cached.fillna(False).astype(bool).any():
-            notes.append(
-                f"{int(cached.fillna(False).astype(bool).sum())} cell(s) loaded a cached teacher: "
-                "their teacher timings are those of the cell that trained it."
-            )
-    if name == "resources":
-        shown, dropped = _drop_empty(shown)
-        notes.append(
-            "Peaks are the maximum over seeds. Device peak: in-use bytes reported by the "
-            "framework since the phase began; host peak RSS: the cell process's high-water mark."
-        )
-        if dropped:
-            notes.append(f"Not in these records: {', '.join(dropped)}.")
-    return Table(name, title, shown, pd.DataFrame(tidy_rows), notes)
+    if dropped:
+        table.notes.append(f"Not in these records: {', '.join(dropped)}.")
+    return table
+
+
+def _host(section: Section) -> Table:
+    rows = (({"spec": s, "backend": b}, g, HOST_QUANTITIES) for s, b, g in _rows(section.cells))
+    table = _table(section, "host", "Host memory and set-up per cell", rows)
+    table.shown, dropped = _drop_empty(table.shown)
+    table.notes.append(
+        "Host peak RSS: the cell process's resident high-water mark (max over seeds); "
+        "framework import: resident memory the framework's import and set-up added; "
+        "cell wall: the whole cell, data loading and every phase included (median)."
+    )
+    if dropped:
+        table.notes.append(f"Not in these records: {', '.join(dropped)}.")
+    return table
 
 
 def _drop_empty(shown: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Columns that no cell of the section has (a CPU has no device counter;
     older records have no FLOP/s) are left out and named in a note."""
-    empty = [c for c in shown.columns if c not in ("spec", "backend") and (shown[c] == "-").all()]
+    keys = ("spec", "phase", "backend", "compile mode")
+    empty = [c for c in shown.columns if c not in keys and (shown[c] == "-").all()]
     return shown.drop(columns=empty), empty
 
 

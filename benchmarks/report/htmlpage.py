@@ -80,7 +80,7 @@ TEMPLATE = """<!DOCTYPE html>
 {% endfor %}</ul>
 {% for t in s.tables %}
 <h3>{{ t.title }}</h3>
-{{ table(t.shown, ("error", "status")) }}
+{% if not t.shown.empty %}{{ table(t.shown, ("error", "status")) }}{% endif %}
 {% for n in t.notes %}<p class="note">{{ n }}</p>{% endfor %}
 {% endfor %}
 {% for p in plots if p.section == s.index %}

@@ -17,7 +17,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from benchmarks.report.aggregate import MIB, PHASES, TRAIN_PHASES, Section, _backend_order
+from benchmarks.report.aggregate import (
+    MIB,
+    PHASE_NAMES,
+    TRAIN_PHASES,
+    Section,
+    _backend_order,
+    phases_of,
+)
 
 COLORS = {"pytorch": "#d62728", "tensorflow": "#2ca02c", "jax": "#1f77b4"}
 MARKERS = {"pytorch": "o", "tensorflow": "s", "jax": "^"}
@@ -152,20 +159,20 @@ def step_time_distributions(cells: pd.DataFrame, spec: str, path: Path) -> str |
     """Box plots of steady-state step times per framework, one panel per phase."""
     ok = cells[cells["status"] == "ok"]
     order = _backend_order(ok["backend"])
-    data = {
-        phase: {b: _pooled(ok[ok["backend"] == b], phase) for b in order} for phase in TRAIN_PHASES
-    }
-    if not any(len(v) for per in data.values() for v in per.values()):
+    data = {p: {b: _pooled(ok[ok["backend"] == b], p) for b in order} for p in phases_of(ok)}
+    data = {p: per for p, per in data.items() if any(len(v) for v in per.values())}
+    if not data:
         return None
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    axes = fig.subplots(1, len(TRAIN_PHASES), sharey=True)
-    for ax, phase in zip(axes, TRAIN_PHASES, strict=True):
-        names = [b for b in order if len(data[phase][b])]
-        if not names:
-            ax.set_title(f"{phase}: no step times")
-            continue
+    ncols = min(3, len(data))
+    nrows = -(-len(data) // ncols)
+    fig = Figure(figsize=(11, 3.7 * nrows + 0.4), layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    for ax in axes[len(data) :]:
+        ax.set_visible(False)
+    for ax, (phase, per) in zip(axes, data.items(), strict=False):
+        names = [b for b in order if len(per[b])]
         box = ax.boxplot(
-            [data[phase][b] * 1e3 for b in names],
+            [per[b] * 1e3 for b in names],
             tick_labels=names,
             patch_artist=True,
             whis=(5, 95),
@@ -176,10 +183,12 @@ def step_time_distributions(cells: pd.DataFrame, spec: str, path: Path) -> str |
             patch.set_facecolor(_color(b, order))
             patch.set_alpha(0.6)
         ax.set_yscale("log")
-        ax.set_title(phase)
+        ax.set_title(PHASE_NAMES.get(phase, phase), fontsize=10)
         ax.grid(True, axis="y", which="both", alpha=0.3)
-        ax.set_xlabel(" / ".join(f"n={len(data[phase][b])}" for b in names), fontsize=8)
-    axes[0].set_ylabel("step time (ms, log scale)")
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlabel(" / ".join(f"n={len(per[b])}" for b in names), fontsize=8)
+    for ax in axes[::ncols]:
+        ax.set_ylabel("step time (ms, log scale)")
     fig.suptitle(f"{spec}: steady-state step times")
     _save(fig, path)
     return (
@@ -200,14 +209,15 @@ def peak_memory(cells: pd.DataFrame, spec: str, path: Path) -> str | None:
     order = _backend_order(ok["backend"])
     if ok.empty:
         return None
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax = fig.subplots()
+    phases = phases_of(ok.dropna(axis=1, how="all"))
     width = 0.8 / max(len(order), 1)
     kinds_used: set[str] = set()
     labelled: set[str] = set()
     for i, backend in enumerate(order):
         rows = ok[ok["backend"] == backend]
-        for j, phase in enumerate(PHASES):
+        for j, phase in enumerate(phases):
             value, kind = _peak(rows, phase)
             if value is None:
                 continue
@@ -236,7 +246,7 @@ def peak_memory(cells: pd.DataFrame, spec: str, path: Path) -> str | None:
             )
     if not kinds_used:
         return None
-    ax.set_xticks(range(len(PHASES)), PHASES)
+    ax.set_xticks(range(len(phases)), [PHASE_NAMES.get(p, p) for p in phases], fontsize=8)
     ax.set_ylabel("peak memory (MiB, max over seeds)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.margins(y=0.15)
@@ -302,7 +312,7 @@ def loss_curves(cells: pd.DataFrame, spec: str, path: Path) -> str | None:
                 markersize=max(9 - 2.5 * i, 3),
                 markerfacecolor="none" if i < len(order) - 1 else _color(backend, order),
             )
-        ax.set_title(phase)
+        ax.set_title(PHASE_NAMES.get(phase, phase))
         ax.set_xlabel("epoch (0: loss of the first step)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)

@@ -17,7 +17,7 @@ from benchmarks import __version__
 from benchmarks.report.aggregate import Report, Section
 from benchmarks.report.plots import Plot
 
-TIDY_TABLES = ("accuracy", "speed", "resources", "failures")
+TIDY_TABLES = ("accuracy", "phases", "host", "failures")
 SECTION_NOTE = (
     "Only cells that ran on the same hardware with the same fairness settings share a table."
 )
@@ -44,7 +44,8 @@ def settings_line(section: Section) -> str:
 # --- markdown ---------------------------------------------------------------
 
 
-LEFT = {"spec", "backend", "status", "error", "cell", "run", "compile mode", "fact", "seeds ok"}
+LEFT = {"spec", "phase", "backend", "status", "error", "cell", "run", "compile mode", "fact"}
+LEFT |= {"seeds ok"}
 
 
 def transposed(runs_env: pd.DataFrame) -> pd.DataFrame:
@@ -68,7 +69,8 @@ def markdown(report: Report, plots: list[Plot], out_dir: Path) -> str:
     for section in report.sections:
         lines += [f"## {section.title}", "", f"Settings: {settings_line(section)}.", ""]
         for table in section.tables:
-            lines += [f"### {table.title}", "", _md_table(table.shown), ""]
+            lines += [f"### {table.title}", ""]
+            lines += [_md_table(table.shown), ""] if not table.shown.empty else []
             lines += [f"_{note}_  " for note in table.notes] + [""]
         mine = [p for p in plots if p.section == section.index]
         if mine:
@@ -176,6 +178,9 @@ def latex(report: Report, plots: list[Plot], out_dir: Path) -> str:
             tex_escape(f"Settings: {settings_line(section)}.") + r"\par",
         ]
         for table in section.tables:
+            if table.shown.empty:
+                lines.append(tex_escape(f"{table.title}: {' '.join(table.notes)}") + r"\par")
+                continue
             lines.append(_tex_table(table.shown, f"{section.title}. {table.title}", table.notes))
         for plot in (p for p in plots if p.section == section.index):
             rel = Path(os.path.relpath(plot.path, out_dir)).as_posix()

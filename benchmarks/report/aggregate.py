@@ -79,8 +79,10 @@ class Quantity:
 
     @classmethod
     def from_show(cls, column: str, unit: str, how: str, header: str | None = None) -> Quantity:
-        """Same header, scale and decimals as `kdbench show`, so both read alike."""
-        show_header, scale, decimals, _ = SHOW_COLUMNS[column]
+        """Same header, scale and decimals as `kdbench show`, so both read alike
+        (a percentage with two decimals should `show` stop listing it)."""
+        name = column.removeprefix("metrics.").replace("_", " ")
+        show_header, scale, decimals, _ = SHOW_COLUMNS.get(column, (f"{name} {unit}", 100.0, 2, ""))
         return cls(column, header or show_header, unit, scale, decimals, how)
 
 

@@ -103,6 +103,10 @@ def test_one_trace_per_phase_whatever_the_lr(tfb) -> None:
     tfb.sync(loss)
     assert state.traces == 1
     assert state.step.experimental_get_tracing_count() == 1
+    # Another batch size is another signature: one more trace, then reused.
+    for _ in range(3):
+        state, loss = tfb.train_step(state, data, np.arange(8, dtype=np.int32), 0.01)
+    assert state.traces == 2 and np.isfinite(tfb.to_numpy(loss))
 
 
 def test_predict_reuses_one_trace_for_ragged_batches_and_splits(tfb) -> None:

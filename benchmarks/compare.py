@@ -8,23 +8,39 @@ Other pairs are listed as not comparable, with the fields that differ;
 
 How a verdict is reached, and why:
 
-* Step time, per training phase (teacher, distill). The samples are the raw
-  steady-state step times (``phases.<phase>.step_times_s`` without the first
+* Step time, per phase: teacher and distill training, and every eval phase
+  (``eval_teacher``, ``eval_student``: timed inference batches). The samples
+  are the raw steady-state step times (``phases.<phase>.step_times_s`` without the first
   ``warmup_steps``); the change is the ratio of their medians, candidate over
   baseline. A phase is *slower* or *faster* only when the change is beyond the
   threshold AND significant: a two-sided Mann-Whitney U test (as asv does) at
-  ``alpha``, and a bootstrap (1 - alpha) confidence interval of the ratio of
-  medians that excludes 1 on the same side. Both are needed: with a thousand
-  steps a 0.5% shift is significant yet harmless, and with a handful of steps a
-  30% shift can be luck. Beyond the threshold but not significant: *uncertain*.
+  ``alpha``, pointing the same way as the ratio. Both are needed: with a
+  thousand steps a 0.5% shift is significant yet harmless, and with a handful
+  of steps a 30% shift can be luck. Beyond the threshold but not significant:
+  *uncertain*. A bootstrap (1 - alpha) confidence interval of the ratio is
+  reported beside it; it does not vote, because where the steps are bimodal
+  (a loaded machine) the median sits in a sparse valley and its interval is
+  wide even for a shift the U test sees plainly.
+* Neighbouring steps share the machine's momentary load, so they are not
+  independent samples, and a test that treats them so calls every passing load
+  significant. The tests therefore work on blocks of 10 consecutive steps
+  (fewer in a short phase): Mann-Whitney on the block medians, the bootstrap
+  resampling whole blocks. In 9 pairs of same-code runs on a shared 2-core
+  machine (2 seeds, ~630 steps a phase), step-by-step testing failed 1 pair;
+  block testing failed none and still flagged a 20% slowdown in all 18 runs.
 * The steps of one process are not independent replicates of a run: another
   program on the machine, or a change of clock, shifts a whole process, and the
   step-level test then calls any such shift significant. Each seed is a process
   of its own, so a change must be reproduced: when several seeds are matched, a
   phase is slower (faster) only if it is slower (faster) in every seed, else it
   is uncertain. With one seed no such check exists, and the output says so.
-* Eval records one median batch time and no samples: it is judged on the
-  threshold alone, can never be significant, and so never fails a compare.
+* A phase with a median and no raw samples (the ``eval`` phase of older
+  records) is judged on the threshold alone: it can never be significant, so
+  it never fails a compare.
+* No test inside two runs can tell a slower machine from slower code: runs
+  made minutes apart on a busy shared machine differ in every seed at once.
+  Compare runs made under the same conditions (a quiet machine, or baseline
+  and candidate side by side, each pinned to its own cores).
 * Memory (the device peak where the framework reports one, the host peak RSS)
   is one high-water mark per cell, with nothing to test it against; it is
   nearly deterministic for a given program, so the threshold alone decides.
@@ -63,9 +79,11 @@ Record = dict[str, Any]
 CellKey = tuple[str, str, str, int]  # spec name, matrix label, backend, seed
 GroupKey = tuple[str, str, str]  # the cell key without the seed
 
-TIMED_PHASES = ("teacher", "distill", "eval")
+TRAINING_PHASES = ("teacher", "distill")  # scratch trains the same student: not judged
 ACCURACIES = {"teacher": "teacher_acc", "scratch": "scratch_acc", "distilled": "distilled_acc"}
 BOOTSTRAP_RESAMPLES = 2000
+BLOCK_STEPS = 10  # consecutive steps tested together (fewer when a phase is short)
+MIN_BLOCKS = 20
 JSON_FORMAT = 1
 
 SAME, SLOWER, FASTER, UNCERTAIN = "same", "slower", "faster", "uncertain"
@@ -94,7 +112,8 @@ class TimeCheck:
     throughput_ratio: float | None = None
     ci: tuple[float, float] | None = None
     p_value: float | None = None
-    samples: tuple[int, int] = (0, 0)
+    samples: tuple[int, int] = (0, 0)  # steady steps, baseline and candidate
+    block_steps: int = 1  # steps per block in the tests
     medians_only: bool = False  # no raw samples: threshold only, never a regression
     seed_verdict: str | None = None  # before the check across seeds
     note: str = ""
@@ -270,23 +289,39 @@ def can_be_significant(n: int, m: int, alpha: float) -> bool:
     return math.log(2 / alpha) < log_orderings  # 2 / comb(n + m, n) < alpha
 
 
+def blocks(times: np.ndarray, size: int) -> np.ndarray:
+    """Consecutive steps as rows of `size` (a last, partial block is left out).
+
+    Neighbouring steps share the machine's momentary load (another job, a clock
+    change), so they are not independent samples; tested one by one, any such
+    episode becomes "significant". Blocks are much closer to independent.
+    """
+    n = len(times) // size
+    return times[: n * size].reshape(n, size)
+
+
+def block_size(n: int, m: int) -> int:
+    """BLOCK_STEPS, or fewer so that a short phase still has MIN_BLOCKS blocks."""
+    return max(1, min(BLOCK_STEPS, min(n, m) // MIN_BLOCKS))
+
+
 def bootstrap_ratio_ci(
     baseline: np.ndarray, candidate: np.ndarray, alpha: float, resamples: int = BOOTSTRAP_RESAMPLES
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of median(candidate) / median(baseline).
+    """Block-bootstrap percentile CI of median(candidate steps) / median(baseline steps).
 
-    A fixed seed: the same two runs always get the same verdict.
+    Takes blocks (rows) and resamples whole blocks. A fixed seed: the same two
+    runs always get the same verdict.
     """
     rng = np.random.default_rng(20240607)
 
     def medians(x: np.ndarray) -> np.ndarray:
         out = np.empty(resamples)
-        chunk = max(1, 2_000_000 // len(x))  # bounded memory for long phases
+        chunk = max(1, 2_000_000 // x.size)  # bounded memory for long phases
         for start in range(0, resamples, chunk):
             rows = min(chunk, resamples - start)
-            out[start : start + rows] = np.median(
-                x[rng.integers(0, len(x), size=(rows, len(x)))], axis=1
-            )
+            picked = x[rng.integers(0, len(x), size=(rows, len(x)))]
+            out[start : start + rows] = np.median(picked.reshape(rows, -1), axis=1)
         return out
 
     ratios = medians(candidate) / medians(baseline)
@@ -329,13 +364,16 @@ def compare_phase(
     check.baseline_median_s, check.candidate_median_s = bm, cm
     check.ratio, check.throughput_ratio = cm / bm, bm / cm
     check.samples = (len(b), len(c))
+    check.block_steps = block_size(len(b), len(c))
+    bb, cb = blocks(b, check.block_steps), blocks(c, check.block_steps)
     significant = False
-    if can_be_significant(len(b), len(c), th.alpha):
-        p_value = float(mannwhitneyu(c, b, alternative="two-sided").pvalue)
-        check.p_value = p_value if math.isfinite(p_value) else 1.0
-        check.ci = bootstrap_ratio_ci(b, c, th.alpha)
-        same_side = check.ci[0] > 1 if check.ratio > 1 else check.ci[1] < 1
-        significant = check.p_value < th.alpha and same_side
+    if can_be_significant(len(bb), len(cb), th.alpha):
+        u_test = mannwhitneyu(np.median(cb, axis=1), np.median(bb, axis=1))
+        check.p_value = float(u_test.pvalue) if math.isfinite(u_test.pvalue) else 1.0
+        check.ci = bootstrap_ratio_ci(bb, cb, th.alpha)
+        # U above half of n*m: candidate blocks tend to be the slower ones.
+        candidate_slower = u_test.statistic > len(bb) * len(cb) / 2
+        significant = check.p_value < th.alpha and candidate_slower == (check.ratio > 1)
     else:
         check.note = f"{phase}: {len(b)} vs {len(c)} steps are too few for a test at {th.alpha:g}"
     check.verdict = check.seed_verdict = classify(check.ratio, significant, th.time)
@@ -382,6 +420,11 @@ def compare_memory(base: Record, cand: Record, th: Thresholds) -> list[MemoryChe
     return checks
 
 
+def timed_phases(base: Record, cand: Record) -> list[str]:
+    """The training phases, then every eval phase either side has ("eval", "eval_student")."""
+    return [*TRAINING_PHASES, *sorted(p for p in base.keys() | cand.keys() if p.startswith("eval"))]
+
+
 def compare_cell(
     key: CellKey, base: Record | None, cand: Record | None, th: Thresholds, force: bool
 ) -> CellComparison:
@@ -390,11 +433,14 @@ def compare_cell(
     if base is None or cand is None:
         cell.reason = f"missing in {'baseline' if base is None else 'candidate'}"
         return cell
-    for side, record in (("baseline", base), ("candidate", cand)):
-        if record.get("status") != "ok":
-            error = (record.get("error") or "").splitlines()[0:1]
-            cell.reason = f"{side} {record.get('status')}" + (f": {error[0]}" if error else "")
-            return cell
+    failures = [
+        f"{side} {record.get('status')}" + (f": {record['error']}" if record.get("error") else "")
+        for side, record in (("baseline", base), ("candidate", cand))
+        if record.get("status") != "ok"
+    ]
+    if failures:
+        cell.reason = "; ".join(line.splitlines()[0] for line in failures)
+        return cell
     differ = differences(base, cand)
     if differ and not force:
         cell.reason = "; ".join(differ)
@@ -404,7 +450,7 @@ def compare_cell(
         cell.forced = "forced: " + "; ".join(differ)
         cell.notes.append(cell.forced)
     bp, cp = base.get("phases") or {}, cand.get("phases") or {}
-    cell.times = {p: compare_phase(p, bp.get(p), cp.get(p), th) for p in TIMED_PHASES}
+    cell.times = {p: compare_phase(p, bp.get(p), cp.get(p), th) for p in timed_phases(bp, cp)}
     cell.memory = compare_memory(base, cand, th)
     bm, cm = base.get("metrics") or {}, cand.get("metrics") or {}
     for name, metric in ACCURACIES.items():
@@ -415,7 +461,7 @@ def compare_cell(
             f"{base.get('framework')} {base.get('framework_version')} -> "
             f"{cand.get('framework_version')}"
         )
-    cell.verdict = SAME  # settled by settle_verdicts once every seed is known
+    cell.verdict = SAME  # settled by settle_verdict once every seed is known
     return cell
 
 
@@ -428,22 +474,18 @@ def require_every_seed(cells: list[CellComparison]) -> None:
     for group in groups.values():
         if len(group) < 2:
             continue
-        for phase in TIMED_PHASES:
+        for phase in sorted({p for c in group for p in c.times}):
             # A seed without a measurement (teacher from the cache) cannot contradict.
-            seen = {
-                c.key[3]: c.times[phase].seed_verdict
-                for c in group
-                if c.times[phase].verdict != NOT_COMPARABLE
-            }
-            for cell in group:
-                check = cell.times[phase]
+            checks = {c.key[3]: c.times[phase] for c in group if phase in c.times}
+            seen = {s: t.seed_verdict for s, t in checks.items() if t.verdict != NOT_COMPARABLE}
+            for check in checks.values():
                 if check.verdict not in (SLOWER, FASTER):
                     continue
                 others = {s: v for s, v in seen.items() if v != check.verdict}
                 if others:
                     check.verdict = UNCERTAIN
                     listed = ", ".join(f"seed {s} {v}" for s, v in sorted(others.items()))
-                    check.note = f"{phase} {check.seed_verdict} in this seed only ({listed})"
+                    check.note = f"{phase} {check.seed_verdict} here, not in every seed ({listed})"
 
 
 def settle_verdict(cell: CellComparison) -> None:
@@ -569,10 +611,11 @@ def to_json(cmp: Comparison) -> dict[str, Any]:
 STYLE = {SAME: "green", FASTER: "cyan", SLOWER: "bold red", UNCERTAIN: "yellow"}
 
 
-def _time_text(check: TimeCheck | None) -> str:
+def _time_text(check: TimeCheck | None, label: str = "") -> str:
+    prefix = f"{label} " if label else ""
     if check is None or check.verdict == NOT_COMPARABLE:
-        return "n/a"
-    text = _pct(check.ratio)
+        return prefix + "n/a"
+    text = prefix + _pct(check.ratio)
     if check.ci is not None:
         lo, hi = ((v - 1) * 100 for v in check.ci)
         text += f" [{lo:+.1f}, {hi:+.1f}]"
@@ -603,7 +646,13 @@ def render(cmp: Comparison, console: Console) -> None:
             verdict += ", [bold red]more memory[/]"
         table.add_row(
             c.cell_id,
-            *(_time_text(c.times.get(p)) for p in TIMED_PHASES),
+            *(_time_text(c.times.get(p)) for p in TRAINING_PHASES),
+            "\n".join(
+                _time_text(t, label=p.removeprefix("eval").strip("_"))
+                for p, t in c.times.items()
+                if p.startswith("eval")
+            )
+            or "n/a",
             memory or "n/a",
             acc,
             verdict,
@@ -640,9 +689,9 @@ def render(cmp: Comparison, console: Console) -> None:
         console.print(f"warning: {line}", markup=False, highlight=False)
     rules = (
         f"rules: a phase is slower/faster only beyond ±{th.time:.0%} AND significant "
-        f"(Mann-Whitney p < {th.alpha:g} and the {1 - th.alpha:.0%} bootstrap CI of the ratio "
-        "of medians excludes 1) in every matched seed;",
-        f"eval (medians only, no samples) never fails; memory beyond +{th.memory:.0%} and a "
+        f"(Mann-Whitney p < {th.alpha:g} on medians of {BLOCK_STEPS}-step blocks) in every "
+        f"matched seed; [brackets]: {1 - th.alpha:.0%} block-bootstrap CI of the change;",
+        f"eval phases without raw samples (medians) never fail; memory beyond +{th.memory:.0%} and a "
         f"mean accuracy drop beyond {th.accuracy:g} points are judged on the threshold alone.",
     )
     for line in rules:

@@ -214,10 +214,11 @@ def test_to_numpy_stacks_a_list_of_losses(jb) -> None:
     assert out.shape == (4,) and out.dtype == np.float32 and np.all(np.isfinite(out))
 
 
+@pytest.mark.slow
 def test_eager_mode_trains_like_jit() -> None:
     from backends.jax.backend import JaxBackend
 
-    arch = ARCHS["conv-same-stride"]
+    arch = ARCHS["mlp-16"]
     x, y = _data(64, arch.input_shape)
     teacher_w = weights(arch, "teacher", scale=2.0)
     losses = {}

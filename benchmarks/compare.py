@@ -705,8 +705,12 @@ def render(cmp: Comparison, console: Console) -> None:
         )
     summary = ", ".join(f"{n} {v}" for v, n in cmp.counts.items())
     console.print(f"{len(cmp.cells)} cells: {summary}", markup=False, highlight=False)
-    if cmp.regressions:
-        console.print("[bold red]REGRESSED[/]: " + "; ".join(cmp.regressions), highlight=False)
+    if not cmp.compared:
+        console.print("[bold red]nothing compared[/]")
+    elif cmp.regressions:
+        console.print(f"[bold red]REGRESSED[/] ({len(cmp.regressions)}):")
+        for line in cmp.regressions:
+            console.print(f"  {line}", markup=False, highlight=False)
     else:
         console.print("[green]no regression[/]")
 
@@ -786,8 +790,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise KdbenchError(f"--json {args.json}: cannot write it ({exc})") from None
     if not cmp.compared:
-        raise KdbenchError(
-            f"no cell could be compared ({len(cmp.cells)} cells, none matched with equal "
-            "spec, device and settings); see the reasons above, or --force"
-        )
+        reasons: dict[str, int] = defaultdict(int)
+        for cell in cmp.cells:
+            reasons["refused" if cell.refused else cell.reason.split(":")[0]] += 1
+        listed = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
+        hint = "; --force compares the refused ones" if reasons.get("refused") else ""
+        raise KdbenchError(f"no cell could be compared ({listed}); see the table above{hint}")
     return cmp.exit_code

@@ -224,7 +224,7 @@ def test_two_real_runs_of_the_same_spec_are_not_a_regression(
     assert len(result["cells"]) == 3
     for cell in result["cells"]:
         # A shift seen in one process only is noise: same, or at worst uncertain.
-        assert cell["verdict"] in (SAME, UNCERTAIN), cell
+        assert cell["verdict"] in (SAME, UNCERTAIN), out
         assert cell["regressions"] == []
     assert all(not g["regressed"] for g in result["accuracy"])
     assert "no regression" in out
@@ -422,10 +422,17 @@ def test_nothing_comparable_is_exit_2_with_one_line(
     assert rc == 2
     assert "spec content changed: hash 0123456789abcdef vs fedcba9876543210" in out
     assert "device differs: cpu vs cuda:0" in out
-    assert err.startswith("kdbench: error: no cell could be compared")
+    assert err.startswith("kdbench: error: no cell could be compared (1 refused)")
+    assert "--force compares the refused ones" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    rc, _, _ = run_compare(capsys, base, cand, "--force")
-    assert rc == 0
+    assert "nothing compared" in out and "no regression" not in out
+    rc, out, _ = run_compare(capsys, base, cand, "--force")
+    assert rc == 0 and "forced: spec content changed" in out
+    # Different matrices: every cell is missing on one side.
+    other = write_run(tmp_path / "other", [synthetic(0, spec={"name": "x", "hash": "1"})])
+    rc, _, err = run_compare(capsys, base, other)
+    assert rc == 2
+    assert "(1 missing in baseline, 1 missing in candidate)" in err
 
 
 def test_missing_and_failed_cells_are_not_comparable(

@@ -159,6 +159,8 @@ def _mlp(*hidden: int, dropout: float = 0.0) -> Callable[[int], list[Layer]]:
 
 
 def _cnn_small(classes: int) -> list[Layer]:
+    """The default teacher. No dropout: each framework draws its own dropout
+    masks, so a teacher with dropout cannot train identically across them."""
     return [
         Conv2D(filters=32, kernel=3),
         ReLU(),
@@ -169,20 +171,20 @@ def _cnn_small(classes: int) -> list[Layer]:
         Flatten(),
         Dense(units=256),
         ReLU(),
-        Dropout(rate=0.3),
         Dense(units=classes),
     ]
 
 
 ARCHITECTURES: dict[str, tuple[str, Callable[[int], list[Layer]]]] = {
     "cnn-small": (
-        "conv3x3(32)-relu-pool2-conv3x3(64)-relu-pool2-dense(256)-relu-dropout(0.3)-dense",
+        "conv3x3(32)-relu-pool2-conv3x3(64)-relu-pool2-dense(256)-relu-dense",
         _cnn_small,
     ),
     "mlp-1200x2": (
         "Hinton's MLP teacher: 2x dense(1200)-relu-dropout(0.3)",
         _mlp(1200, 1200, dropout=0.3),
     ),
+    "mlp-512x2": ("2x dense(512)-relu, no dropout", _mlp(512, 512)),
     "mlp-64": ("one hidden dense(64)-relu layer", _mlp(64)),
     "mlp-32": ("one hidden dense(32)-relu layer", _mlp(32)),
     "mlp-16": ("one hidden dense(16)-relu layer", _mlp(16)),

@@ -58,20 +58,20 @@ def test_matches_torch_flop_counter(name: str) -> None:
 
 
 @pytest.mark.jax
-@pytest.mark.parametrize("name", ["cnn-small", "mlp-64", "conv-same-stride"])
+@pytest.mark.parametrize("name", ["cnn-small", "mlp-64", "mlp-1200x2"])
 def test_close_to_xla_cost_analysis(name: str) -> None:
     """XLA also counts elementwise ops, bias adds and pooling, so it reads a
-    little higher; the matmul/conv FLOPs the formula counts dominate."""
-    jax = pytest.importorskip("jax")
+    little higher; the matmul/conv FLOPs the formula counts dominate.
+
+    Valid padding only: with 'same' padding XLA skips the taps that land in
+    the padding, while the formula (like PyTorch's counter) counts them.
+    """
+    pytest.importorskip("jax")
     from conftest import backend
     from parity_checks import weights
 
     arch = ARCHS[name]
     b = backend("jax")
-    model = b.build(arch, weights(arch))
     x = np.zeros((8, *arch.input_shape), np.float32)
-    cost = b.forward_cost_analysis(model, x) if hasattr(b, "forward_cost_analysis") else None
-    if cost is None:
-        pytest.skip("the JAX backend exposes no cost analysis")
+    cost = b.forward_cost_analysis(b.build(arch, weights(arch)), x)
     assert 1.0 <= cost / (8 * forward_flops(arch)) < 1.1
-    del jax

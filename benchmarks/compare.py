@@ -39,8 +39,9 @@ How a verdict is reached, and why:
   it never fails a compare.
 * No test inside two runs can tell a slower machine from slower code: runs
   made minutes apart on a busy shared machine differ in every seed at once.
-  Compare runs made under the same conditions (a quiet machine, or baseline
-  and candidate side by side, each pinned to its own cores).
+  Compare runs made under the same conditions: a quiet machine, or baseline
+  and candidate side by side. (Pinning each run to its own core of a shared
+  machine made one run faster in every seed: it kept its core's other load.)
 * Memory (the device peak where the framework reports one, the host peak RSS)
   is one high-water mark per cell, with nothing to test it against; it is
   nearly deterministic for a given program, so the threshold alone decides.

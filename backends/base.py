@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -128,6 +129,16 @@ class Backend(ABC):
     @abstractmethod
     def sync(self, handle: Any = None) -> None:
         """Block until the device has finished all work queued so far."""
+
+    @abstractmethod
+    def matmul_probe(self, n: int, dtype: str) -> Callable[[], Any]:
+        """A function that multiplies two n x n matrices (dtype 'float32' or
+        'bfloat16') already on the device and returns the result's handle.
+
+        The harness times it, synchronised, to measure the matrix-multiply
+        rate this framework achieves on this device: the 'peak' that achieved
+        FLOP/s are a fraction of.
+        """
 
     @abstractmethod
     def reset_peak_memory(self) -> None:

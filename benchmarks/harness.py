@@ -184,6 +184,32 @@ def save_cached_teacher(cache: Path, key: str, weights: Weights, stats: dict[str
 
 
 EVAL_REPEATS = 10
+PROBE_REPEATS = 10
+
+
+def matmul_probe(backend: Backend, gpu: bool) -> dict[str, Any]:
+    """The matrix-multiply rate this framework reaches here, under the precision
+    policy in force: float32 always, bfloat16 too on GPUs. The median of
+    PROBE_REPEATS synchronised products after two warm-ups."""
+    n = 4096 if gpu else 1024
+    rates: dict[str, float] = {}
+    started = time.perf_counter()
+    for dtype in ("float32", "bfloat16") if gpu else ("float32",):
+        run = backend.matmul_probe(n, dtype)
+        for _ in range(2):
+            backend.sync(run())
+        times = []
+        for _ in range(PROBE_REPEATS):
+            t0 = time.perf_counter()
+            backend.sync(run())
+            times.append(time.perf_counter() - t0)
+        rates[dtype] = 2 * n**3 / float(np.median(times))
+    return {
+        "n": n,
+        "repeats": PROBE_REPEATS,
+        "flops_per_s": rates,
+        "wall_s": time.perf_counter() - started,
+    }
 
 
 def eval_phase(cell: Cell, model: Any, arch: Any, data: Any, batch: int) -> dict[str, Any]:
@@ -239,6 +265,7 @@ def run_cell(
     backend.setup(settings)
     timings["setup_s"] = time.perf_counter() - t0
     rss_framework = psutil.Process().memory_info().rss
+    probe = matmul_probe(backend, backend.environment().get("device_kind") == "gpu")
 
     t0 = time.perf_counter()
     d = spec.data
@@ -254,7 +281,15 @@ def run_cell(
         synthetic_classes=d.classes or 10,
     )
     timings["data_load_s"] = time.perf_counter() - t0
-    cell = Cell(loaded, backend, seed, data, spec.measure.warmup_steps, emit)
+    cell = Cell(
+        loaded,
+        backend,
+        seed,
+        data,
+        spec.measure.warmup_steps,
+        emit,
+        probe["flops_per_s"]["float32"],
+    )
 
     t0 = time.perf_counter()
     train = backend.put_dataset(data.x_train, data.y_train)
@@ -342,6 +377,7 @@ def run_cell(
         "metrics": metrics,
         "phases": phases,
         "timings": timings,
+        "probe": probe,
         "data": {
             "dataset": data.name,
             "train": n_train,

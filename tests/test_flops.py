@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import backend, backend_params
 from parity_checks import parity_architectures
 
 from benchmarks.architectures import Conv2D, Dense, resolve
@@ -67,7 +68,6 @@ def test_close_to_xla_cost_analysis(name: str) -> None:
     the padding, while the formula (like PyTorch's counter) counts them.
     """
     pytest.importorskip("jax")
-    from conftest import backend
     from parity_checks import weights
 
     arch = ARCHS[name]
@@ -75,3 +75,14 @@ def test_close_to_xla_cost_analysis(name: str) -> None:
     x = np.zeros((8, *arch.input_shape), np.float32)
     cost = b.forward_cost_analysis(b.build(arch, weights(arch)), x)
     assert 1.0 <= cost / (8 * forward_flops(arch)) < 1.1
+
+
+@pytest.mark.parametrize("name", backend_params())
+def test_matmul_probe_runs_a_real_product(name: str) -> None:
+    from benchmarks.harness import matmul_probe
+
+    b = backend(name)
+    out = b.to_numpy(b.matmul_probe(64, "float32")())
+    assert out.shape == (64, 64) and np.all(np.isfinite(out)) and out.std() > 1.0
+    probe = matmul_probe(b, gpu=False)
+    assert probe["n"] == 1024 and probe["flops_per_s"]["float32"] > 1e8

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple  # noqa: E402
 
 import flax  # noqa: E402
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import jaxlib  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
@@ -394,6 +395,19 @@ class JaxBackend(Backend):
 
     def sync(self, handle: Any = None) -> None:
         jax.block_until_ready((handle, self._pending))
+
+    def matmul_probe(self, n: int, dtype: str) -> Callable[[], jax.Array]:
+        kind = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+        rng = np.random.default_rng(0)
+        a = jax.device_put(rng.standard_normal((n, n), dtype=np.float32), self.device).astype(kind)
+        b = jax.device_put(rng.standard_normal((n, n), dtype=np.float32), self.device).astype(kind)
+        matmul = jax.jit(jnp.matmul)
+
+        def run() -> jax.Array:
+            self._pending = matmul(a, b)
+            return self._pending
+
+        return run
 
     def reset_peak_memory(self) -> None:
         # JAX has no reset of its high-water mark; peak_memory says so.

@@ -186,6 +186,13 @@ class PyTorchBackend(Backend):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def matmul_probe(self, n: int, dtype: str) -> Any:
+        kind = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(n, n, generator=gen).to(self.device, kind)
+        b = torch.randn(n, n, generator=gen).to(self.device, kind)
+        return lambda: a @ b
+
     def reset_peak_memory(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)

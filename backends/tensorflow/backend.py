@@ -298,6 +298,15 @@ class TensorFlowBackend(Backend):
         if self.gpu or not tf.config.experimental.get_synchronous_execution():
             tf.test.experimental.sync_devices()
 
+    def matmul_probe(self, n: int, dtype: str) -> Callable[[], tf.Tensor]:
+        kind = {"float32": tf.float32, "bfloat16": tf.bfloat16}[dtype]
+        rng = np.random.default_rng(0)
+        with tf.device(self.device):
+            a = tf.cast(tf.constant(rng.standard_normal((n, n), dtype=np.float32)), kind)
+            b = tf.cast(tf.constant(rng.standard_normal((n, n), dtype=np.float32)), kind)
+        matmul = tf.function(tf.linalg.matmul).get_concrete_function(a, b)
+        return lambda: matmul(a, b)
+
     def reset_peak_memory(self) -> None:
         if self.gpu:
             tf.config.experimental.reset_memory_stats("GPU:0")

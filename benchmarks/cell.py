@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         record["status"] = "ok"
         status = 0
     record["duration_s"] = time.perf_counter() - started
+    record["host"]["loadavg_end"] = list(os.getloadavg())
     tmp = Path(job.record_file + ".tmp")
     tmp.write_text(json.dumps(record, allow_nan=True, default=str))
     os.replace(tmp, job.record_file)

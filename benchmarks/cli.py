@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             sys.argv,
         )
     pending = run.pending()
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > 0.5 * cores:
+        err_console.print(
+            f"kdbench: warning: the machine is busy (load average {load:.1f} on {cores} cores); "
+            "timings will be skewed, PyTorch's most (its OpenMP threads wait for busy cores)",
+            markup=False,
+            highlight=False,
+        )
     resumed = f" (resuming: {len(run.jobs) - len(pending)} done before)" if args.resume else ""
     console.print(
         f"kdbench: {len(pending)} of {len(run.jobs)} cells to run{resumed} -> {run.out_dir}"

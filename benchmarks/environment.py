@@ -51,5 +51,8 @@ def host_environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "python_implementation": sys.implementation.name,
+        # Other work on the machine skews timings (PyTorch's OpenMP threads
+        # most of all): the 1, 5 and 15 minute load averages say how busy it was.
+        "loadavg_start": list(os.getloadavg()),
         **{f"git_{k}": v for k, v in git_state().items()},
     }

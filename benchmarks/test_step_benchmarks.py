@@ -1,0 +1,92 @@
+"""pytest-benchmark timings of one distillation train step and one eval step
+per installed backend, on the default spec (mnist5k).
+
+The distillation step is the teacher's forward, the student's forward and
+backward, and the update. Warm-up rounds (compilation) are excluded and every
+timed call ends with the backend's device synchronisation. Regression
+workflow: `pytest benchmarks/ --benchmark-autosave` on the base commit, then
+`pytest benchmarks/ --benchmark-compare --benchmark-compare-fail=median:10%`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+
+from backends.base import LossConfig, Settings, backend_names, get_backend, is_installed
+from benchmarks.datasets import load_dataset
+from benchmarks.initial_weights import init_weights
+from benchmarks.plan import make_plan, rng_for
+from benchmarks.spec import load_spec
+
+ROUNDS = 100
+WARMUP_ROUNDS = 10
+
+
+def _params() -> list[Any]:
+    return [
+        pytest.param(n, marks=pytest.mark.skipif(not is_installed(n), reason=f"{n} not installed"))
+        for n in backend_names()
+    ]
+
+
+@pytest.fixture(scope="module", params=_params())
+def cell(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The default spec's data, teacher, student and first batch, on one backend."""
+    loaded = load_spec("mnist5k")
+    spec = loaded.spec
+    backend = get_backend(request.param)
+    backend.setup(Settings(threads=os.cpu_count() or 1))
+    data = load_dataset(
+        spec.data.dataset,
+        seed=0,
+        val_fraction=spec.data.val_fraction,
+        test_fraction=spec.data.test_fraction,
+    )
+    train = backend.put_dataset(data.x_train, data.y_train)
+    teacher = backend.build(loaded.teacher_arch, init_weights(loaded.teacher_arch, rng_for(0, "t")))
+    student = backend.build(loaded.student_arch, init_weights(loaded.student_arch, rng_for(0, "s")))
+    d = spec.distill
+    state = backend.init_train(
+        student,
+        spec.student.optimizer.resolved(),
+        LossConfig(d.method, d.temperature, d.alpha),
+        teacher,
+    )
+    plan = make_plan(len(data.y_train), spec.student.batch_size, 1, rng_for(0, "plan"))
+    return {
+        "backend": backend,
+        "train": train,
+        "teacher": teacher,
+        "state": state,
+        "indices": plan.indices[0],
+        "eval_idx": np.arange(spec.measure.eval_batch_size, dtype=np.int32),
+    }
+
+
+def test_distill_train_step(benchmark: Any, cell: dict[str, Any]) -> None:
+    backend, batches = cell["backend"], cell["indices"]
+    box = {"state": cell["state"], "i": 0}
+
+    def step() -> None:
+        i = box["i"] % len(batches)
+        box["state"], loss = backend.train_step(box["state"], cell["train"], batches[i], 1e-4)
+        backend.sync(loss)
+        box["i"] += 1
+
+    benchmark.extra_info["backend"] = backend.name
+    benchmark.extra_info.update(backend.environment())
+    benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
+
+
+def test_teacher_eval_step(benchmark: Any, cell: dict[str, Any]) -> None:
+    backend = cell["backend"]
+
+    def step() -> None:
+        backend.sync(backend.predict(cell["teacher"], cell["train"], cell["eval_idx"]))
+
+    benchmark.extra_info["backend"] = backend.name
+    benchmark.pedantic(step, rounds=ROUNDS // 2, iterations=1, warmup_rounds=WARMUP_ROUNDS // 2)

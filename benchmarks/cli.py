@@ -194,6 +194,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         except KdbenchError as exc:
             description = f"INVALID: {exc}"
         console.print(f"  {name:<16} {description}")
+    from benchmarks.matrix import builtin_matrices, load_matrix
+
+    console.print("[bold]matrices[/bold] (benchmarks/matrices)")
+    for name, path in builtin_matrices().items():
+        try:
+            description = load_matrix(str(path)).description
+        except KdbenchError as exc:
+            description = f"INVALID: {exc}"
+        console.print(f"  {name:<16} {description}", markup=False)
     console.print("[bold]datasets[/bold]")
     for name in DATASETS:
         where = "needs a folder (data.path or --data-dir)" if name in FILE_DATASETS else "built in"

@@ -90,6 +90,7 @@ class Combo:
 class Matrix:
     name: str
     path: Path | None
+    description: str
     specs: list[str]
     backends: list[str] | None
     seeds: int | None
@@ -150,6 +151,7 @@ def load_matrix(name_or_path: str) -> Matrix:
     return Matrix(
         name=parsed.name,
         path=path,
+        description=parsed.description,
         specs=parsed.specs,
         backends=parsed.backends,
         seeds=parsed.seeds,
@@ -160,4 +162,4 @@ def load_matrix(name_or_path: str) -> Matrix:
 
 def adhoc_matrix(specs: list[str]) -> Matrix:
     """`kdbench run SPEC...`: those specs, no axes."""
-    return Matrix("adhoc", None, specs, None, None, None, [Combo()])
+    return Matrix("adhoc", None, "", specs, None, None, None, [Combo()])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -57,6 +58,17 @@ def _backends(value: str | None) -> list[str]:
     return names
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the run cleanly, whatever the parent process
+    left in place (a parent may hand down SIGINT ignored)."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmarks.matrix import DEFAULT_MATRIX, adhoc_matrix, load_matrix
     from benchmarks.runner import default_out_dir, execute, load_run, plan_run
@@ -105,6 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             sys.argv,
         )
     pending = run.pending()
+    _stop_on_signals()
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > 0.5 * cores:
         err_console.print(

@@ -35,7 +35,7 @@ from benchmarks.tables import rich_table, summary
 
 # Wide enough for the side-by-side table when stdout is a file or a pipe.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class _Parser(argparse.ArgumentParser):

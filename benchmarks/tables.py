@@ -5,7 +5,10 @@ from __future__ import annotations
 import pandas as pd
 from rich.table import Table
 
-GROUP = ["spec.name", "device", "settings.compile_mode", "settings.precision", "backend"]
+# A matrix's settings label (e.g. "student.epochs=5") splits rows too: cells
+# of one spec name with different settings never share a row.
+GROUP = ["spec.name", "label", "device", "settings.compile_mode", "settings.precision", "backend"]
+NAMES = ["spec", "settings", "device", "compile", "precision", "backend"]
 
 # column in the records -> (header with unit, scale, decimals, aggregate)
 COLUMNS: dict[str, tuple[str, float, int, str]] = {
@@ -41,11 +44,11 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     for column in GROUP:
         if column not in frame:
             frame[column] = "-"
-        frame[column] = frame[column].fillna("-")
+        frame[column] = frame[column].fillna("-").replace("", "-")
     rows = []
     for keys, group in frame.groupby(GROUP, sort=False):
         ok = group[group["status"] == "ok"]
-        row = dict(zip(["spec", "device", "compile", "precision", "backend"], keys, strict=True))
+        row = dict(zip(NAMES, keys, strict=True))
         row["seeds ok"] = f"{len(ok)}/{len(group)}"
         for column, (header, scale, decimals, how) in COLUMNS.items():
             row[header] = _fmt(ok[column], scale, decimals, how) if column in ok else "-"
@@ -57,13 +60,13 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna("")
 
 
-KEYS = ("spec", "device", "compile", "precision", "backend", "failures")
+KEYS = (*NAMES, "failures")
 
 
 def rich_table(table: pd.DataFrame, title: str) -> Table:
     """The summary as a rich table; key columns that never vary go to the caption."""
-    constant = [c for c in ("spec", "device", "compile", "precision") if table[c].nunique() == 1]
-    caption = ", ".join(f"{c}: {table[c].iloc[0]}" for c in constant)
+    constant = [c for c in NAMES[:-1] if table[c].nunique() == 1]
+    caption = ", ".join(f"{c}: {table[c].iloc[0]}" for c in constant if table[c].iloc[0] != "-")
     table = table.drop(columns=constant)
     out = Table(title=title, caption=caption, header_style="bold")
     for column in table.columns:

@@ -85,3 +85,12 @@ def test_a_damaged_middle_line_is_an_error(tmp_path: Path) -> None:
 def test_loading_a_folder_without_results_says_what_to_give(tmp_path: Path) -> None:
     with pytest.raises(KdbenchError, match="no results.jsonl here"):
         load_runs([tmp_path])
+
+
+def test_cells_with_different_matrix_settings_never_share_a_row(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    for label, acc in (("distill.temperature=2.0", 0.8), ("distill.temperature=8.0", 0.6)):
+        append_record(path, {**record("pytorch", 0, acc), "label": label})
+    table = summary(load_runs([tmp_path])).set_index("settings")
+    assert table.loc["distill.temperature=2.0", "scratch acc %"] == "80.00"
+    assert table.loc["distill.temperature=8.0", "scratch acc %"] == "60.00"

@@ -72,11 +72,9 @@ class Cell:
     peak_flops: float | None = None
 
 
-def efficiency(cell: Cell, phase: str, batch: int, times: np.ndarray) -> dict[str, Any]:
+def efficiency(cell: Cell, flops: int, median_step_s: float) -> dict[str, Any]:
     """Analytic FLOPs per step and the rate the median steady step achieved."""
-    flops = phase_flops_per_step(phase, cell.loaded.teacher_arch, cell.loaded.student_arch, batch)
-    steady = times[cell.warmup :] if len(times) > cell.warmup else times[-1:]
-    achieved = flops / float(np.median(steady))
+    achieved = flops / median_step_s
     peak = cell.peak_flops
     return {
         "flops_per_step": flops,
@@ -114,6 +112,10 @@ def train_phase(
     wall = time.perf_counter() - started
     if not np.all(np.isfinite(epoch_losses)):
         raise FloatingPointError(f"{phase}: the training loss is not finite: {epoch_losses}")
+    timing = step_stats(times, cell.warmup, plan.batch_size)
+    flops = phase_flops_per_step(
+        phase, cell.loaded.teacher_arch, cell.loaded.student_arch, plan.batch_size
+    )
     stats = {
         "steps": plan.total_steps,
         "samples": plan.total_steps * plan.batch_size,
@@ -122,8 +124,8 @@ def train_phase(
         "wall_s": wall,
         "loss_step0": loss0,
         "loss_epochs": epoch_losses,
-        **step_stats(times, cell.warmup, plan.batch_size),
-        **efficiency(cell, phase, plan.batch_size, times),
+        **timing,
+        **efficiency(cell, flops, timing["step_time_median_s"]),
         "device_peak_bytes": backend.peak_memory(),
         "host_peak_rss_bytes": host_peak_rss(),
         "step_times_s": [round(float(t), 9) for t in times],
@@ -227,22 +229,13 @@ def eval_phase(cell: Cell, model: Any, arch: Any, data: Any, batch: int) -> dict
         out = backend.predict(model, data, idx)
         backend.sync(out)
         times.append(time.perf_counter() - t0)
-    steady = np.array(times[1:])
-    median = float(np.median(steady))
-    flops = forward_flops(arch) * batch
+    timing = step_stats(np.array(times), 1, batch)
     return {
         "batch_size": batch,
-        "warmup_s": times[0],
-        "steady_steps": EVAL_REPEATS,
-        "step_time_median_s": median,
-        "step_time_iqr_s": float(np.subtract(*np.percentile(steady, [75, 25]))),
-        "throughput_samples_per_s": batch / median,
-        "flops_per_step": flops,
-        "achieved_flops_per_s": flops / median,
-        "fraction_of_peak": flops / median / cell.peak_flops if cell.peak_flops else None,
+        **timing,
+        **efficiency(cell, forward_flops(arch) * batch, timing["step_time_median_s"]),
         "device_peak_bytes": backend.peak_memory(),
         "step_times_s": [round(t, 9) for t in times],
-        "warmup_steps": 1,
     }
 
 

@@ -26,7 +26,7 @@ from benchmarks.datasets import Dataset, load_dataset
 from benchmarks.flops import forward_flops, phase_flops_per_step
 from benchmarks.initial_weights import init_weights
 from benchmarks.plan import BatchPlan, learning_rates, make_plan, rng_for
-from benchmarks.spec import LoadedSpec, NetSpec
+from benchmarks.spec import LoadedSpec, NetSpec, Spec
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -239,6 +239,22 @@ def eval_phase(cell: Cell, model: Any, arch: Any, data: Any, batch: int) -> dict
     }
 
 
+def load_spec_data(spec: Spec, seed: int, data_dir: str | None = None) -> Dataset:
+    """The spec's dataset, split and normalised for this seed."""
+    d = spec.data
+    return load_dataset(
+        d.dataset,
+        seed=seed,
+        path=data_dir or d.path,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        train_limit=d.train_limit,
+        synthetic_samples=d.samples or 2048,
+        synthetic_shape=tuple(d.shape) if d.shape else (28, 28, 1),
+        synthetic_classes=d.classes or 10,
+    )
+
+
 def run_cell(
     loaded: LoadedSpec,
     backend_name: str,
@@ -261,18 +277,7 @@ def run_cell(
     probe = matmul_probe(backend, backend.environment().get("device_kind") == "gpu")
 
     t0 = time.perf_counter()
-    d = spec.data
-    data = load_dataset(
-        d.dataset,
-        seed=seed,
-        path=data_dir or d.path,
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-        train_limit=d.train_limit,
-        synthetic_samples=d.samples or 2048,
-        synthetic_shape=tuple(d.shape) if d.shape else (28, 28, 1),
-        synthetic_classes=d.classes or 10,
-    )
+    data = load_spec_data(spec, seed, data_dir)
     timings["data_load_s"] = time.perf_counter() - t0
     cell = Cell(
         loaded,

@@ -17,7 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from backends.base import backend_names
 from benchmarks.errors import KdbenchError
-from benchmarks.spec import COMPILE_MODES, PRECISIONS, LoadedSpec, load_spec, read_toml
+from benchmarks.spec import (
+    COMPILE_MODES,
+    PRECISIONS,
+    LoadedSpec,
+    find_named,
+    load_spec,
+    read_toml,
+)
 
 MATRIX_DIR = Path(__file__).parent / "matrices"
 DEFAULT_MATRIX = "default"
@@ -113,18 +120,7 @@ def builtin_matrices() -> dict[str, Path]:
 
 
 def find_matrix(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or "/" in name_or_path:
-        if not path.is_file():
-            raise KdbenchError(f"matrix file {name_or_path} does not exist")
-        return path
-    found = builtin_matrices()
-    if name_or_path not in found:
-        raise KdbenchError(
-            f"no matrix named {name_or_path!r}; built-in matrices: {', '.join(found)} "
-            "(or give the path of a .toml file)"
-        )
-    return found[name_or_path]
+    return find_named("matrix", name_or_path, builtin_matrices())
 
 
 def load_matrix(name_or_path: str) -> Matrix:

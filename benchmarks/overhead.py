@@ -53,8 +53,8 @@ from rich.console import Console
 from rich.table import Table
 
 from backends.base import REGISTRY, Backend, LossConfig, Settings, Weights, get_backend
-from benchmarks.datasets import Dataset, load_dataset
-from benchmarks.harness import Cell, train_phase
+from benchmarks.datasets import Dataset
+from benchmarks.harness import Cell, load_spec_data, train_phase
 from benchmarks.initial_weights import init_weights
 from benchmarks.plan import BatchPlan, learning_rates, make_plan, rng_for
 from benchmarks.spec import DEFAULT_SPEC, LoadedSpec, load_spec
@@ -113,18 +113,7 @@ def prepare(
     if backend is None:
         backend = get_backend(backend_name)
         backend.setup(settings or Settings(threads=DEFAULT_THREADS))
-    d = s.data
-    data = load_dataset(
-        d.dataset,
-        seed=seed,
-        path=d.path,
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-        train_limit=d.train_limit,
-        synthetic_samples=d.samples or 2048,
-        synthetic_shape=tuple(d.shape) if d.shape else (28, 28, 1),
-        synthetic_classes=d.classes or 10,
-    )
+    data = load_spec_data(s, seed)
     cell = Cell(loaded, backend, seed, data, s.measure.warmup_steps)
     train = backend.put_dataset(data.x_train, data.y_train)
     teacher_w = init_weights(loaded.teacher_arch, rng_for(seed, "teacher-init"))

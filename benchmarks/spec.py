@@ -197,20 +197,25 @@ def builtin_specs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(SPEC_DIR.glob("*.toml"))}
 
 
-def find_spec(name_or_path: str) -> Path:
-    """A built-in spec by name, or a TOML file by path."""
+def find_named(kind: str, name_or_path: str, builtins: dict[str, Path]) -> Path:
+    """A built-in file by name, or a TOML file by path (kind: 'spec' or 'matrix')."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists() or "/" in name_or_path:
         if not path.is_file():
-            raise KdbenchError(f"spec file {name_or_path} does not exist")
+            raise KdbenchError(f"{kind} file {name_or_path} does not exist")
         return path
-    specs = builtin_specs()
-    if name_or_path not in specs:
+    if name_or_path not in builtins:
+        plural = "matrices" if kind == "matrix" else f"{kind}s"
         raise KdbenchError(
-            f"no spec named {name_or_path!r}; built-in specs: {', '.join(specs)} "
+            f"no {kind} named {name_or_path!r}; built-in {plural}: {', '.join(builtins)} "
             "(or give the path of a .toml file)"
         )
-    return specs[name_or_path]
+    return builtins[name_or_path]
+
+
+def find_spec(name_or_path: str) -> Path:
+    """A built-in spec by name, or a TOML file by path."""
+    return find_named("spec", name_or_path, builtin_specs())
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

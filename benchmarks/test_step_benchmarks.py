@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from backends.base import LossConfig, Settings, backend_names, get_backend, is_installed
-from benchmarks.datasets import load_dataset
+from benchmarks.harness import load_spec_data
 from benchmarks.initial_weights import init_weights
 from benchmarks.plan import make_plan, rng_for
 from benchmarks.spec import load_spec
@@ -40,12 +40,7 @@ def cell(request: pytest.FixtureRequest) -> dict[str, Any]:
     spec = loaded.spec
     backend = get_backend(request.param)
     backend.setup(Settings(threads=os.cpu_count() or 1))
-    data = load_dataset(
-        spec.data.dataset,
-        seed=0,
-        val_fraction=spec.data.val_fraction,
-        test_fraction=spec.data.test_fraction,
-    )
+    data = load_spec_data(spec, seed=0)
     train = backend.put_dataset(data.x_train, data.y_train)
     teacher = backend.build(loaded.teacher_arch, init_weights(loaded.teacher_arch, rng_for(0, "t")))
     student = backend.build(loaded.student_arch, init_weights(loaded.student_arch, rng_for(0, "s")))

@@ -16,6 +16,38 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("KDBENCH_CACHE_DIR", str(config.rootpath / ".pytest_cache" / "kdbench"))
 
 
+def tiny_spec(
+    name: str = "tiny",
+    epochs: int = 2,
+    batch_size: int = 32,
+    student_epochs: int | None = None,
+    student_batch: int | None = None,
+    seeds: int = 1,
+    warmup: int = 2,
+) -> str:
+    """A spec on the 8x8 digits that runs in seconds: MLP-64 teacher, MLP-16 student."""
+    return f"""
+name = "{name}"
+[data]
+dataset = "digits"
+[teacher]
+arch = "mlp-64"
+epochs = {epochs}
+batch_size = {batch_size}
+optimizer = {{ name = "sgd", lr = 0.05 }}
+[student]
+arch = "mlp-16"
+epochs = {student_epochs or epochs}
+batch_size = {student_batch or batch_size}
+optimizer = {{ name = "adam", lr = 3e-3 }}
+[distill]
+method = "soft"
+[measure]
+seeds = {seeds}
+warmup_steps = {warmup}
+"""
+
+
 def backend_params(exclude: tuple[str, ...] = ()) -> list:
     """One param per backend, marked with its framework and skipped where absent."""
     return [

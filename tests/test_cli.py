@@ -7,30 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import conftest
 import pytest
 
 from backends.base import is_installed
-
-TINY = """
-name = "tiny"
-[data]
-dataset = "digits"
-[teacher]
-arch = "mlp-64"
-epochs = 2
-batch_size = 32
-optimizer = {{ name = "sgd", lr = 0.05 }}
-[student]
-arch = "mlp-16"
-epochs = {student_epochs}
-batch_size = {student_batch}
-optimizer = {{ name = "adam", lr = 3e-3 }}
-[distill]
-method = "soft"
-[measure]
-seeds = 1
-warmup_steps = 2
-"""
 
 needs_torch = pytest.mark.skipif(not is_installed("pytorch"), reason="torch is not installed")
 
@@ -51,8 +31,11 @@ def tiny_spec(
     tmp_path: Path, name: str = "tiny.toml", student_epochs: int = 2, student_batch: int = 32
 ) -> Path:
     path = tmp_path / name
-    text = TINY.format(student_epochs=student_epochs, student_batch=student_batch)
-    path.write_text(text.replace('name = "tiny"', f'name = "{Path(name).stem}"'))
+    path.write_text(
+        conftest.tiny_spec(
+            Path(name).stem, student_epochs=student_epochs, student_batch=student_batch
+        )
+    )
     return path
 
 

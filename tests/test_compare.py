@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import tiny_spec
 
 from backends.base import is_installed
 from benchmarks import compare
@@ -36,26 +37,7 @@ from benchmarks.errors import KdbenchError
 # Realistic step counts (about 470 steady steps per phase, ~0.5 ms each): the
 # tiny 78-step spec of test_cli is too short to tell 20% from noise on a
 # loaded machine, and the compare says so (uncertain) rather than guess.
-STEPS_SPEC = """
-name = "steps"
-[data]
-dataset = "digits"
-[teacher]
-arch = "mlp-64"
-epochs = 3
-batch_size = 8
-optimizer = { name = "sgd", lr = 0.05 }
-[student]
-arch = "mlp-16"
-epochs = 3
-batch_size = 8
-optimizer = { name = "adam", lr = 3e-3 }
-[distill]
-method = "soft"
-[measure]
-seeds = 3
-warmup_steps = 5
-"""
+STEPS_SPEC = tiny_spec("steps", epochs=3, batch_size=8, seeds=3, warmup=5)
 
 needs_torch = pytest.mark.skipif(not is_installed("pytorch"), reason="torch is not installed")
 Records = list[dict[str, Any]]

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_spec
 
 from backends.base import is_installed
 from benchmarks.errors import KdbenchError
@@ -583,26 +584,7 @@ def test_out_folder_rules(runs: tuple[Path, Path], tmp_path: Path, capsys: Any) 
 # --- one real run -------------------------------------------------------------------
 
 
-TINY = """
-name = "tiny"
-[data]
-dataset = "digits"
-[teacher]
-arch = "mlp-64"
-epochs = 2
-batch_size = 32
-optimizer = { name = "sgd", lr = 0.05 }
-[student]
-arch = "mlp-16"
-epochs = 2
-batch_size = 32
-optimizer = { name = "adam", lr = 3e-3 }
-[distill]
-method = "soft"
-[measure]
-seeds = 1
-warmup_steps = 2
-"""
+TINY = tiny_spec()
 
 
 @pytest.fixture(scope="module")

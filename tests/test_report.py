@@ -611,11 +611,16 @@ def test_report_of_a_real_run(real_run: Path) -> None:
     assert all(p.is_relative_to(real_run / "report") for p in files)
     md = (real_run / "report" / "report.md").read_text()
     assert re.search(r"\| tiny +\| pytorch +\| *1/1 *\|", md) and "(n=1, no interval)" in md
-    phases = by_phase(build([real_run]).sections[0].tables[1].shown)
+    table = build([real_run]).sections[0].tables[1]
+    phases = by_phase(table.shown)
     for phase in ("teacher training", "distillation", "student inference"):
         row = phases[(phase, "pytorch")]
         assert float(row["step ms"]) > 0 and float(row["samples/s"]) > 0
-    assert float(phases[("distillation", "pytorch")]["GFLOP/s"]) > 0
+    # The number behind the cell, not its rounded text: on a busy machine the
+    # tiny spec's rate can round to 0.00 GFLOP/s.
+    flops = table.tidy.set_index(["phase", "quantity"])["median"]
+    assert flops[("distill", "phases.distill.achieved_flops_per_s")] > 0
+    assert phases[("distillation", "pytorch")]["GFLOP/s"] != "-"
     loss = sorted((real_run / "report" / "plots").glob("*-loss.png"))
     assert loss and loss[0].stat().st_size > 10_000
     assert hashlib.sha256((real_run / "results.jsonl").read_bytes()).hexdigest() == digest

@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from benchmarks.architectures import Architecture
-from benchmarks.errors import KdbenchError
+from kdbench.architectures import Architecture
+from kdbench.errors import KdbenchError
 
 Weights = dict[str, np.ndarray]
 
@@ -151,9 +151,9 @@ class Backend(ABC):
 
 # name -> (module holding the Backend subclass, class name, import names it needs)
 REGISTRY: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "pytorch": ("backends.pytorch.backend", "PyTorchBackend", ("torch",)),
-    "tensorflow": ("backends.tensorflow.backend", "TensorFlowBackend", ("tensorflow",)),
-    "jax": ("backends.jax.backend", "JaxBackend", ("jax", "flax", "optax")),
+    "pytorch": ("kdbench.backends.pytorch.backend", "PyTorchBackend", ("torch",)),
+    "tensorflow": ("kdbench.backends.tensorflow.backend", "TensorFlowBackend", ("tensorflow",)),
+    "jax": ("kdbench.backends.jax.backend", "JaxBackend", ("jax", "flax", "optax")),
 }
 
 INSTALL_HINT = {

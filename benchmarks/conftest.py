@@ -8,8 +8,9 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any
 
-from backends.base import installed_backends
-from benchmarks.environment import host_environment
+from kdbench.backends.base import installed_backends
+
+from kdbench.environment import host_environment
 
 FRAMEWORK_DISTRIBUTIONS = (
     "torch",

@@ -17,9 +17,9 @@ out="${OUT:-/tmp}/gpu-quick"
 rm -rf "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 set +e
-timeout 270 python3 -m benchmarks run --matrix quick --backend pytorch,jax --device gpu \
+timeout 270 python3 -m kdbench run --matrix quick --backend pytorch,jax --device gpu \
   --seeds 2 --out "$out"
 status=$?
 set -e
 echo "kdbench run exited with $status"
-python3 -m benchmarks.gpu_check "$out"
+python3 -m kdbench.tools.gpu_check "$out"

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from kdbench.backends.base import LossConfig, Settings, backend_names, get_backend, is_installed
 
-from backends.base import LossConfig, Settings, backend_names, get_backend, is_installed
-from benchmarks.harness import load_spec_data
-from benchmarks.initial_weights import init_weights
-from benchmarks.plan import make_plan, rng_for
-from benchmarks.spec import load_spec
+from kdbench.harness import load_spec_data
+from kdbench.initial_weights import init_weights
+from kdbench.plan import make_plan, rng_for
+from kdbench.spec import load_spec
 
 ROUNDS = 100
 WARMUP_ROUNDS = 10

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-
-from backends.base import Backend, Settings, backend_names, get_backend, is_installed
+from kdbench.backends.base import Backend, Settings, backend_names, get_backend, is_installed
 
 MARKS = {"pytorch": "torch", "tensorflow": "tensorflow", "jax": "jax"}
 _BACKENDS: dict[str, Backend] = {}

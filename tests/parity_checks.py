@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from kdbench.backends.base import Backend, LossConfig
+from oracles import network
+from oracles.losses import distill_loss, distill_loss_grad
+from oracles.optimizers import ReferenceOptimizer
 
-from backends.base import Backend, LossConfig
-from benchmarks import reference
-from benchmarks.architectures import (
+from kdbench.architectures import (
     ARCHITECTURES,
     Architecture,
     Conv2D,
@@ -24,10 +26,8 @@ from benchmarks.architectures import (
     ReLU,
     resolve,
 )
-from benchmarks.initial_weights import init_weights
-from benchmarks.losses import distill_loss, distill_loss_grad
-from benchmarks.optimizers import ReferenceOptimizer
-from benchmarks.plan import make_plan, rng_for
+from kdbench.initial_weights import init_weights
+from kdbench.plan import make_plan, rng_for
 
 FORWARD_TOL = 1e-5
 LOSS_TOL = 1e-5
@@ -97,7 +97,7 @@ def check_forward(backend: Backend, arch: Architecture) -> None:
     w = weights(arch)
     x, _ = batch(arch)
     out = backend.forward(backend.build(arch, w), x)
-    assert_close(out, reference.forward(arch, w, x), FORWARD_TOL, f"{arch.name} logits")
+    assert_close(out, network.forward(arch, w, x), FORWARD_TOL, f"{arch.name} logits")
 
 
 def _teacher(backend: Backend, arch: Architecture):
@@ -113,13 +113,13 @@ def check_loss(backend: Backend, arch: Architecture, method: str) -> dict[str, n
     teacher, tw = _teacher(backend, arch)
     config = loss_config(method)
     loss, grads = backend.loss_and_grads(backend.build(arch, w), x, y, config, teacher)
-    s_ref = reference.forward(arch, w, x)
-    t_ref = reference.forward(arch, tw, x)
+    s_ref = network.forward(arch, w, x)
+    t_ref = network.forward(arch, tw, x)
     expected = distill_loss(method, s_ref, y, t_ref, config.temperature, config.alpha)
     assert_close(np.array(loss), np.array(expected), LOSS_TOL, f"{arch.name} {method} loss")
     g = distill_loss_grad(method, s_ref, y, t_ref, config.temperature, config.alpha)
     last = len(arch.layers) - 1
-    hidden = reference.forward(arch, w, x, stop=last)
+    hidden = network.forward(arch, w, x, stop=last)
     assert_close(grads[f"{last}.kernel"], hidden.T @ g, GRAD_TOL, f"{arch.name} last kernel grad")
     assert_close(grads[f"{last}.bias"], g.sum(axis=0), GRAD_TOL, f"{arch.name} last bias grad")
     assert set(grads) == set(w), f"gradient names {sorted(grads)} != weight names {sorted(w)}"

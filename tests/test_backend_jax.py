@@ -15,12 +15,12 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 from conftest import backend
+from kdbench.backends.base import LossConfig, Settings, is_installed
+from oracles import network
+from oracles.losses import distill_loss
 from parity_checks import parity_architectures, weights
 
-from backends.base import LossConfig, Settings, is_installed
-from benchmarks import reference
-from benchmarks.architectures import Dense, Dropout, Flatten, ReLU, resolve
-from benchmarks.losses import distill_loss
+from kdbench.architectures import Dense, Dropout, Flatten, ReLU, resolve
 
 jax = pytest.importorskip("jax")
 pytestmark = pytest.mark.jax
@@ -145,9 +145,9 @@ def test_teacher_is_frozen_and_runs_without_dropout(jb) -> None:
     # Step 0 saw the teacher's inference logits (no dropout mask).
     expected = distill_loss(
         "soft",
-        reference.forward(student_arch, student_w, x[idx]),
+        network.forward(student_arch, student_w, x[idx]),
         y[idx],
-        reference.forward(teacher_arch, teacher_w, x[idx]),
+        network.forward(teacher_arch, teacher_w, x[idx]),
         4.0,
         0.9,
     )
@@ -184,7 +184,7 @@ def test_inference_ignores_dropout(jb) -> None:
     w = weights(arch)
     x, _ = _data(8)
     np.testing.assert_allclose(
-        jb.forward(jb.build(arch, w, seed=5), x), reference.forward(arch, w, x), rtol=0, atol=1e-4
+        jb.forward(jb.build(arch, w, seed=5), x), network.forward(arch, w, x), rtol=0, atol=1e-4
     )
 
 
@@ -216,7 +216,7 @@ def test_to_numpy_stacks_a_list_of_losses(jb) -> None:
 
 @pytest.mark.slow
 def test_eager_mode_trains_like_jit() -> None:
-    from backends.jax.backend import JaxBackend
+    from kdbench.backends.jax.backend import JaxBackend
 
     arch = ARCHS["mlp-16"]
     x, y = _data(64, arch.input_shape)
@@ -261,8 +261,8 @@ def test_environment_records_the_flags_in_force(jb) -> None:
 # creates its CPU client, which this test process has long done.
 _FRESH = """
 import json, os, sys
-from backends.base import Settings
-from backends.jax.backend import JaxBackend, _pool_threads
+from kdbench.backends.base import Settings
+from kdbench.backends.jax.backend import JaxBackend, _pool_threads
 b = JaxBackend()
 b.setup(Settings(threads=int(sys.argv[1]), deterministic=True, precision="tf32"))
 import jax.numpy as jnp
@@ -289,7 +289,7 @@ def test_threads_and_flags_act_when_set_before_the_client(threads: int) -> None:
 
 
 def test_gpu_request_without_a_gpu_fails_clearly() -> None:
-    from backends.jax.backend import JaxBackend
+    from kdbench.backends.jax.backend import JaxBackend
 
     if any(d.platform == "gpu" for d in jax.devices()):
         pytest.skip("this machine has a GPU")

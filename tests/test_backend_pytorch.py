@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import backend
+from kdbench.backends.base import LossConfig, Settings
 from parity_checks import parity_architectures, weights
 
-from backends.base import LossConfig, Settings
-from benchmarks.architectures import resolve
+from kdbench.architectures import resolve
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -66,7 +66,7 @@ def test_environment_records_the_flags_in_force(pt) -> None:
 
 @pytest.mark.slow
 def test_compiled_mode_trains_like_eager() -> None:
-    from backends.pytorch.backend import PyTorchBackend
+    from kdbench.backends.pytorch.backend import PyTorchBackend
 
     arch = ARCHS["mlp-16"]
     x = np.random.default_rng(0).normal(size=(64, 28, 28, 1)).astype(np.float32)
@@ -95,7 +95,7 @@ def test_compiled_mode_trains_like_eager() -> None:
 
 
 def test_gpu_request_without_a_gpu_fails_clearly() -> None:
-    from backends.pytorch.backend import PyTorchBackend
+    from kdbench.backends.pytorch.backend import PyTorchBackend
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

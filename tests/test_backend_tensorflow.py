@@ -16,6 +16,10 @@ import textwrap
 import numpy as np
 import pytest
 from conftest import backend
+from kdbench.backends.base import LossConfig, Settings, is_installed
+from oracles import network
+from oracles.losses import distill_loss
+from oracles.optimizers import ReferenceOptimizer
 from parity_checks import (
     TRAJECTORY_TOL,
     assert_close,
@@ -26,11 +30,7 @@ from parity_checks import (
     weights,
 )
 
-from backends.base import LossConfig, Settings, is_installed
-from benchmarks import reference
-from benchmarks.architectures import Dense, Dropout, Flatten, ReLU, resolve
-from benchmarks.losses import distill_loss
-from benchmarks.optimizers import ReferenceOptimizer
+from kdbench.architectures import Dense, Dropout, Flatten, ReLU, resolve
 
 tf = pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.tensorflow
@@ -49,7 +49,7 @@ def tfb():
 def backend_in_mode(mode: str):
     """A second backend object in another compile mode (the process-wide TF
     flags set by the shared backend stay as they are)."""
-    from backends.tensorflow.backend import TensorFlowBackend
+    from kdbench.backends.tensorflow.backend import TensorFlowBackend
 
     if mode == "compiled":
         try:
@@ -67,7 +67,7 @@ def dropout_mlp(rate: float = 0.5):
 
 
 def test_importing_the_package_does_not_import_tensorflow() -> None:
-    code = "import sys, backends.tensorflow; print('tensorflow' in sys.modules)"
+    code = "import sys, kdbench.backends.tensorflow; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -87,7 +87,7 @@ def test_forward_needs_no_transpose_and_ignores_dropout(tfb) -> None:
     arch = resolve("cnn-small", None, (28, 28, 1), 10)  # has dropout
     w = weights(arch)
     x, _ = batch(arch, n=8)
-    assert_close(tfb.forward(tfb.build(arch, w), x), reference.forward(arch, w, x), 1e-5, "fwd")
+    assert_close(tfb.forward(tfb.build(arch, w), x), network.forward(arch, w, x), 1e-5, "fwd")
 
 
 def test_one_trace_per_phase_whatever_the_lr(tfb) -> None:
@@ -117,7 +117,7 @@ def test_predict_reuses_one_trace_for_ragged_batches_and_splits(tfb) -> None:
     train, test = tfb.put_dataset(x, y), tfb.put_dataset(x[:25], y[:25])
     for data, idx in ((train, np.arange(16)), (train, np.arange(16, 40)), (test, np.arange(7))):
         out = tfb.to_numpy(tfb.predict(model, data, idx.astype(np.int32)))
-        expected = reference.forward(arch, w, x[idx])
+        expected = network.forward(arch, w, x[idx])
         assert_close(out, expected, 1e-5, "predict")
     assert model.predict.experimental_get_tracing_count() == 1
 
@@ -139,9 +139,9 @@ def test_teacher_is_frozen_and_runs_without_dropout(tfb) -> None:
     state, loss = tfb.train_step(state, data, idx, 0.1)
     expected = distill_loss(
         "soft",
-        reference.forward(student_arch, student_w, x),
+        network.forward(student_arch, student_w, x),
         y,
-        reference.forward(arch, teacher_w, x),
+        network.forward(arch, teacher_w, x),
         config.temperature,
         config.alpha,
     )
@@ -173,7 +173,7 @@ def test_dropout_trains_from_the_build_seed(tfb) -> None:
 
     np.testing.assert_array_equal(losses(3), losses(3))
     assert not np.allclose(losses(3), losses(4))
-    no_dropout = distill_loss("none", reference.forward(arch, w, x[:16]), y[:16])
+    no_dropout = distill_loss("none", network.forward(arch, w, x[:16]), y[:16])
     assert abs(losses(3)[0] - no_dropout) > 1e-4  # dropout really is on in training
 
 
@@ -208,7 +208,7 @@ def test_optimizers_follow_torch_conventions(tfb, config) -> None:
 
 
 def test_soft_loss_is_not_clipped_where_the_teacher_is_confident() -> None:
-    from backends.tensorflow.losses import distill_loss as tf_loss
+    from kdbench.backends.tensorflow.losses import distill_loss as tf_loss
 
     rng = np.random.default_rng(0)
     student = rng.normal(size=(8, 10)).astype(np.float32) * 3
@@ -285,7 +285,7 @@ def test_to_numpy_stacks_handles_and_sync_needs_no_handle(tfb) -> None:
 
 
 def test_gpu_request_without_a_gpu_fails_clearly() -> None:
-    from backends.tensorflow.backend import TensorFlowBackend
+    from kdbench.backends.tensorflow.backend import TensorFlowBackend
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU")
@@ -300,8 +300,8 @@ def test_setup_applies_threads_tf32_and_determinism_in_a_fresh_process() -> None
     code = textwrap.dedent(
         """
         import json
-        from backends.base import Settings
-        from backends.tensorflow.backend import TensorFlowBackend
+        from kdbench.backends.base import Settings
+        from kdbench.backends.tensorflow.backend import TensorFlowBackend
         b = TensorFlowBackend()
         b.setup(Settings(threads=1, precision="tf32", deterministic=True, compile="compiled"))
         print(json.dumps(b.environment()))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from oracles import network
 
-from benchmarks import reference
-from benchmarks.architectures import ARCHITECTURES, Conv2D, Dense, Flatten, MaxPool, resolve
-from benchmarks.initial_weights import init_weights
-from benchmarks.plan import learning_rates, make_plan, rng_for
-from benchmarks.spec import NetSpec
+from kdbench.architectures import ARCHITECTURES, Conv2D, Dense, Flatten, MaxPool, resolve
+from kdbench.initial_weights import init_weights
+from kdbench.plan import learning_rates, make_plan, rng_for
+from kdbench.spec import NetSpec
 
 
 def test_cnn_small_shapes_and_parameter_count() -> None:
@@ -78,7 +78,7 @@ def test_reference_conv_matches_a_naive_loop(stride: int, padding: str) -> None:
     rng = np.random.default_rng(0)
     x, k, b = rng.normal(size=(2, 7, 7, 3)), rng.normal(size=(3, 3, 3, 4)), rng.normal(size=4)
     np.testing.assert_allclose(
-        reference.conv2d(x, k, b, stride, padding),
+        network.conv2d(x, k, b, stride, padding),
         _naive_conv(x, k, b, stride, padding),
         rtol=1e-12,
     )
@@ -86,7 +86,7 @@ def test_reference_conv_matches_a_naive_loop(stride: int, padding: str) -> None:
 
 def test_reference_maxpool_floors_odd_sizes() -> None:
     x = np.arange(2 * 5 * 5 * 1, dtype=float).reshape(2, 5, 5, 1)
-    out = reference.maxpool(x, 2)
+    out = network.maxpool(x, 2)
     assert out.shape == (2, 2, 2, 1)
     assert out[0, 0, 0, 0] == 6 and out[0, 1, 1, 0] == 18
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import conftest
 import pytest
-
-from backends.base import is_installed
+from kdbench.backends.base import is_installed
 
 needs_torch = pytest.mark.skipif(not is_installed("pytorch"), reason="torch is not installed")
 
@@ -19,7 +18,7 @@ def kdbench(
     *args: str, cwd: Path | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "benchmarks", *args],
+        [sys.executable, "-m", "kdbench", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -135,10 +134,11 @@ def test_bad_command_lines_are_one_line_errors(
 
 
 def test_a_backend_that_is_not_installed_is_a_one_line_error(monkeypatch, capsys) -> None:
-    import backends.base
-    from benchmarks.cli import main
+    import kdbench.backends.base
 
-    monkeypatch.setattr(backends.base, "is_installed", lambda name: name != "jax")
+    from kdbench.cli import main
+
+    monkeypatch.setattr(kdbench.backends.base, "is_installed", lambda name: name != "jax")
     assert main(["run", "--backend", "pytorch,jax"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (

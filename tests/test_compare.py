@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import tiny_spec
+from kdbench.backends.base import is_installed
 
-from backends.base import is_installed
-from benchmarks import compare
-from benchmarks.compare import (
+from kdbench import compare
+from kdbench.compare import (
     FASTER,
     NOT_COMPARABLE,
     SAME,
@@ -32,7 +32,7 @@ from benchmarks.compare import (
     Thresholds,
     compare_records,
 )
-from benchmarks.errors import KdbenchError
+from kdbench.errors import KdbenchError
 
 # Realistic step counts (about 470 steady steps per phase, ~0.5 ms each): the
 # tiny 78-step spec of test_cli is too short to tell 20% from noise on a
@@ -59,7 +59,7 @@ def _own_main(argv: list[str]) -> int:
 
 
 def _main() -> Callable[[list[str]], int]:
-    from benchmarks import cli
+    from kdbench import cli
 
     for action in cli.build_parser()._actions:
         if isinstance(action, argparse._SubParsersAction) and "compare" in action.choices:
@@ -168,7 +168,7 @@ def real_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     runs = (root / "a", root / "b")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "benchmarks", "run", str(spec), "--backend", "pytorch"]
+            [sys.executable, "-m", "kdbench", "run", str(spec), "--backend", "pytorch"]
             + ["--seeds", "3", "--threads", "1", "--out", str(out)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

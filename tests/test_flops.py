@@ -7,8 +7,8 @@ import pytest
 from conftest import backend, backend_params
 from parity_checks import parity_architectures
 
-from benchmarks.architectures import Conv2D, Dense, resolve
-from benchmarks.flops import forward_flops, phase_flops_per_step, train_flops
+from kdbench.architectures import Conv2D, Dense, resolve
+from kdbench.flops import forward_flops, phase_flops_per_step, train_flops
 
 ARCHS = parity_architectures()
 
@@ -41,9 +41,8 @@ def _first_layer_flops(arch) -> int:
 @pytest.mark.parametrize("name", list(ARCHS))
 def test_matches_torch_flop_counter(name: str) -> None:
     torch = pytest.importorskip("torch")
+    from kdbench.backends.pytorch.model import build_module
     from torch.utils.flop_counter import FlopCounterMode
-
-    from backends.pytorch.model import build_module
 
     arch = ARCHS[name]
     module = build_module(arch)
@@ -79,7 +78,7 @@ def test_close_to_xla_cost_analysis(name: str) -> None:
 
 @pytest.mark.parametrize("name", backend_params())
 def test_matmul_probe_runs_a_real_product(name: str) -> None:
-    from benchmarks.harness import matmul_probe
+    from kdbench.harness import matmul_probe
 
     b = backend(name)
     out = b.to_numpy(b.matmul_probe(64, "float32")())

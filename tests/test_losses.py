@@ -11,10 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from oracles.losses import cross_entropy, distill_loss, distill_loss_grad, kl_soft
 from scipy.special import log_softmax as sp_log_softmax
 from scipy.special import rel_entr
-
-from benchmarks.losses import cross_entropy, distill_loss, distill_loss_grad, kl_soft
 
 METHODS = ("none", "soft", "hard")
 
@@ -101,8 +100,8 @@ torch = pytest.importorskip("torch")
 
 
 def torch_loss(method, s, t, y, temperature, alpha, dtype):
-    from backends.base import LossConfig
-    from backends.pytorch.losses import distill_loss as torch_distill
+    from kdbench.backends.base import LossConfig
+    from kdbench.backends.pytorch.losses import distill_loss as torch_distill
 
     st_ = torch.tensor(s, dtype=dtype, requires_grad=True)
     tt = torch.tensor(t, dtype=dtype)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import backend_params
 
-from benchmarks.errors import KdbenchError
-from benchmarks.matrix import builtin_matrices, load_matrix
+from kdbench.errors import KdbenchError
+from kdbench.matrix import builtin_matrices, load_matrix
 
 MATRIX = """
 name = "m"
@@ -33,7 +33,7 @@ def write_matrix(tmp_path: Path, seeds: int = 1, axes: str = "") -> Path:
 
 def kdbench(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "benchmarks", *args], capture_output=True, text=True, **kwargs
+        [sys.executable, "-m", "kdbench", *args], capture_output=True, text=True, **kwargs
     )
 
 
@@ -89,7 +89,7 @@ def test_interrupt_then_resume_loses_nothing_and_repeats_nothing(tmp_path: Path)
         [
             sys.executable,
             "-m",
-            "benchmarks",
+            "kdbench",
             "run",
             "--matrix",
             str(write_matrix(tmp_path, seeds=3)),

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from conftest import backend, backend_params
 
-from benchmarks import overhead
-from benchmarks.overhead import Bench, Timing
-from benchmarks.plan import BatchPlan
+from kdbench.plan import BatchPlan
+from kdbench.tools import overhead
+from kdbench.tools.overhead import Bench, Timing
 
 STEPS = 4
 

@@ -12,6 +12,8 @@ from functools import cache
 import numpy as np
 import pytest
 from conftest import backend, backend_params
+from oracles import network
+from oracles.losses import distill_loss
 from parity_checks import (
     GRAD_TOL,
     METHODS,
@@ -28,9 +30,6 @@ from parity_checks import (
     trajectory,
     weights,
 )
-
-from benchmarks import reference
-from benchmarks.losses import distill_loss
 
 ARCHS = parity_architectures()
 ALL = backend_params()
@@ -96,7 +95,7 @@ def test_trajectory_starts_at_the_oracle_loss(name: str) -> None:
     arch = ARCHS["conv-same-stride"]
     rng = np.random.default_rng(1)
     # The first step of trajectory() sees these weights; recompute its batch.
-    from benchmarks.plan import make_plan, rng_for
+    from kdbench.plan import make_plan, rng_for
 
     x = rng.normal(size=(128, *arch.input_shape)).astype(np.float32)
     y = rng.integers(0, arch.classes, size=128).astype(np.int32)
@@ -105,9 +104,9 @@ def test_trajectory_starts_at_the_oracle_loss(name: str) -> None:
     teacher_w = weights(arch, "teacher", scale=2.0)
     expected = distill_loss(
         "soft",
-        reference.forward(arch, weights(arch), x[first]),
+        network.forward(arch, weights(arch), x[first]),
         y[first],
-        reference.forward(arch, teacher_w, x[first]),
+        network.forward(arch, teacher_w, x[first]),
         config.temperature,
         config.alpha,
     )

@@ -23,11 +23,10 @@ from parity_checks import (
 )
 
 torch = pytest.importorskip("torch")
+import kdbench.backends.pytorch.backend as torch_backend  # noqa: E402
+import kdbench.backends.pytorch.model as torch_model  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-import backends.pytorch.backend as torch_backend  # noqa: E402
-import backends.pytorch.model as torch_model  # noqa: E402
-from backends.pytorch.losses import distill_loss  # noqa: E402
+from kdbench.backends.pytorch.losses import distill_loss  # noqa: E402
 
 pytestmark = pytest.mark.torch
 ARCHS = parity_architectures()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.errors import KdbenchError
-from benchmarks.records import append_record, load_runs, read_records
-from benchmarks.tables import summary
+from kdbench.errors import KdbenchError
+from kdbench.records import append_record, load_runs, read_records
+from kdbench.tables import summary
 
 
 def record(backend: str, seed: int, acc: float, status: str = "ok") -> dict:

@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import tiny_spec
+from kdbench.backends.base import is_installed
 
-from backends.base import is_installed
-from benchmarks.errors import KdbenchError
-from benchmarks.report import FORMATS, add_parser, parse_formats, write_report
-from benchmarks.report.aggregate import build, describe, format_stat
-from benchmarks.report.plots import _steady_times
+from kdbench.errors import KdbenchError
+from kdbench.report import FORMATS, add_parser, parse_formats, write_report
+from kdbench.report.aggregate import build, describe, format_stat
+from kdbench.report.plots import _steady_times
 
 MIB = 1024**2
 H100 = "NVIDIA H100 80GB HBM3"
@@ -496,7 +496,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
 def kdbench(*argv: str) -> int:
     """`kdbench ARGV` in this process: the real CLI once it registers `report`,
     until then the CLI's parser with the subcommand added here."""
-    from benchmarks import cli
+    from kdbench import cli
 
     parser = cli.build_parser()
     if "report" in _subparsers(parser).choices:
@@ -594,7 +594,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tmp / "tiny.toml").write_text(TINY)
     out = tmp / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "run", str(tmp / "tiny.toml"), "--backend",
+        [sys.executable, "-m", "kdbench", "run", str(tmp / "tiny.toml"), "--backend",
          "pytorch", "--seeds", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip

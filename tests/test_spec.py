@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cli import main
-from benchmarks.errors import KdbenchError
-from benchmarks.spec import builtin_specs, load_spec
+from kdbench.cli import main
+from kdbench.errors import KdbenchError
+from kdbench.spec import builtin_specs, load_spec
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -30,10 +30,9 @@ import jaxlib  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax._src import xla_bridge  # noqa: E402 - backends_are_initialized has no public name
-
-from backends.base import Backend, LossConfig, Settings, Weights  # noqa: E402
-from backends.jax.losses import distill_loss  # noqa: E402
-from backends.jax.model import (  # noqa: E402
+from kdbench.backends.base import Backend, LossConfig, Settings, Weights  # noqa: E402
+from kdbench.backends.jax.losses import distill_loss  # noqa: E402
+from kdbench.backends.jax.model import (  # noqa: E402
     Net,
     Params,
     build_module,
@@ -41,8 +40,9 @@ from backends.jax.model import (  # noqa: E402
     read_grads,
     read_weights,
 )
-from backends.jax.optim import make_optimizer, set_lr  # noqa: E402
-from benchmarks.architectures import Architecture  # noqa: E402
+from kdbench.backends.jax.optim import make_optimizer, set_lr  # noqa: E402
+
+from kdbench.architectures import Architecture  # noqa: E402
 
 # XLA:CPU sizes its intra-op (Eigen) thread pool and its dispatch pool from
 # this variable when the CPU client is created (xla::DefaultThreadPoolSize:

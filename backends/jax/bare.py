@@ -1,6 +1,6 @@
 """A bare JAX distillation loop: the harness's distill phase without the harness.
 
-benchmarks/overhead.py times this loop side by side with the harness's
+kdbench/tools/overhead.py times this loop side by side with the harness's
 ``train_phase`` to measure what the harness adds. Per step it does exactly
 what JaxBackend.train_step does under ``train_phase`` (jax.jit, the default
 compile mode): one call of a jitted step that takes the state (params,
@@ -44,12 +44,12 @@ from typing import Any  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from kdbench.backends.base import LossConfig, Weights  # noqa: E402
+from kdbench.backends.jax.losses import distill_loss  # noqa: E402
+from kdbench.backends.jax.model import Params, build_module, load_weights  # noqa: E402
+from kdbench.backends.jax.optim import make_optimizer, set_lr  # noqa: E402
 
-from backends.base import LossConfig, Weights  # noqa: E402
-from backends.jax.losses import distill_loss  # noqa: E402
-from backends.jax.model import Params, build_module, load_weights  # noqa: E402
-from backends.jax.optim import make_optimizer, set_lr  # noqa: E402
-from benchmarks.architectures import Architecture  # noqa: E402
+from kdbench.architectures import Architecture  # noqa: E402
 
 State = tuple[Params, Any, jax.Array]  # params, optimizer state, step counter (int32)
 

@@ -1,4 +1,4 @@
-"""The distillation losses in jax, in log space (oracle: benchmarks.losses).
+"""The distillation losses in jax, in log space (oracle: tests/oracles/losses.py).
 
 KL is summed over classes and averaged over the batch ('batchmean'), from
 log_softmax of both sides; alpha weighs the distillation term and
@@ -10,8 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
-
-from backends.base import LossConfig
+from kdbench.backends.base import LossConfig
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -1,6 +1,6 @@
 """A bare PyTorch distillation loop: the harness's distill phase without the harness.
 
-benchmarks/overhead.py times this loop side by side with the harness's
+kdbench/tools/overhead.py times this loop side by side with the harness's
 ``train_phase`` to measure what the harness adds. Per step it does exactly
 what PyTorchBackend.train_step does under ``train_phase`` (eager, the default
 compile mode): the harness's numpy index row through ``torch.from_numpy`` to
@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from kdbench.backends.base import LossConfig, Weights
+from kdbench.backends.pytorch.losses import distill_loss
+from kdbench.backends.pytorch.model import build_module, load_weights
+from kdbench.backends.pytorch.optim import make_optimizer, set_lr
 from torch import nn
 
-from backends.base import LossConfig, Weights
-from backends.pytorch.losses import distill_loss
-from backends.pytorch.model import build_module, load_weights
-from backends.pytorch.optim import make_optimizer, set_lr
-from benchmarks.architectures import Architecture
+from kdbench.architectures import Architecture
 
 
 @dataclass

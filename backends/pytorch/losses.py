@@ -1,4 +1,4 @@
-"""The distillation losses in torch, in log space (oracle: benchmarks.losses).
+"""The distillation losses in torch, in log space (oracle: tests/oracles/losses.py).
 
 KL is summed over classes and averaged over the batch ('batchmean'); torch's
 reduction='mean' would also divide by the class count.
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from backends.base import LossConfig
+from kdbench.backends.base import LossConfig
 
 
 def distill_loss(

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from kdbench.backends.base import Weights
 from torch import nn
 
-from backends.base import Weights
-from benchmarks.architectures import Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool, ReLU
+from kdbench.architectures import Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool, ReLU
 
 
 class FlattenNHWC(nn.Module):

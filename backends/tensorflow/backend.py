@@ -22,18 +22,18 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-from backends.base import Backend, LossConfig, Settings, Weights  # noqa: E402
-from backends.tensorflow.losses import distill_loss  # noqa: E402
-from backends.tensorflow.model import (  # noqa: E402
+from kdbench.backends.base import Backend, LossConfig, Settings, Weights  # noqa: E402
+from kdbench.backends.tensorflow.losses import distill_loss  # noqa: E402
+from kdbench.backends.tensorflow.model import (  # noqa: E402
     TFModule,
     build_module,
     load_weights,
     read_grads,
     read_weights,
 )
-from backends.tensorflow.optim import Optimizer, learning_rate, make_optimizer  # noqa: E402
-from benchmarks.architectures import Architecture  # noqa: E402
+from kdbench.backends.tensorflow.optim import Optimizer, learning_rate, make_optimizer  # noqa: E402
+
+from kdbench.architectures import Architecture  # noqa: E402
 
 COMPILE_MODES = {"default": "tf.function", "compiled": "tf.function+xla", "eager": "eager"}
 

@@ -1,6 +1,6 @@
 """A bare TensorFlow distillation loop: the harness's distill phase without the harness.
 
-benchmarks/overhead.py times this loop side by side with the harness's
+kdbench/tools/overhead.py times this loop side by side with the harness's
 ``train_phase`` to measure what the harness adds. Per step it does exactly
 what TensorFlowBackend.train_step does under ``train_phase`` (tf.function, the
 default compile mode): the harness's numpy index row and the step's learning
@@ -45,12 +45,12 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from kdbench.backends.base import LossConfig, Weights  # noqa: E402
+from kdbench.backends.tensorflow.losses import distill_loss  # noqa: E402
+from kdbench.backends.tensorflow.model import TFModule, build_module, load_weights  # noqa: E402
+from kdbench.backends.tensorflow.optim import make_optimizer  # noqa: E402
 
-from backends.base import LossConfig, Weights  # noqa: E402
-from backends.tensorflow.losses import distill_loss  # noqa: E402
-from backends.tensorflow.model import TFModule, build_module, load_weights  # noqa: E402
-from backends.tensorflow.optim import make_optimizer  # noqa: E402
-from benchmarks.architectures import Architecture  # noqa: E402
+from kdbench.architectures import Architecture  # noqa: E402
 
 
 @dataclass

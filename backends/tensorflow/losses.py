@@ -1,4 +1,4 @@
-"""The distillation losses in TensorFlow, in log space (oracle: benchmarks.losses).
+"""The distillation losses in TensorFlow, in log space (oracle: tests/oracles/losses.py).
 
 KL is summed over classes and averaged over the batch ('batchmean'), from
 log_softmax on both sides. keras.losses.KLDivergence is not used: it takes
@@ -10,8 +10,7 @@ term, (1 - alpha) the label cross-entropy.
 from __future__ import annotations
 
 import tensorflow as tf
-
-from backends.base import LossConfig
+from kdbench.backends.base import LossConfig
 
 
 def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:

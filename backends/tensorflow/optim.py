@@ -1,7 +1,7 @@
 """Optimizers from the neutral description, in PyTorch's conventions, in tf ops.
 
 Keras's optimizers are not used because their conventions differ from the
-reference (torch.optim, oracle: benchmarks.optimizers):
+reference (torch.optim, oracle: tests/oracles/optimizers.py):
 - Keras SGD keeps v = mu * v - lr * g (lr folded into the velocity), which
   differs from torch's v = mu * v + g; p -= lr * v as soon as lr changes, and
   the harness changes lr every step (cosine schedule).

@@ -1,0 +1,1 @@
+"""The built-in matrices, installed as the package data kdbench.matrices."""

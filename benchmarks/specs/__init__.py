@@ -1,0 +1,1 @@
+"""The built-in specs, installed as the package data kdbench.specs."""

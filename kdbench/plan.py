@@ -1,0 +1,73 @@
+"""The batch plan and the learning-rate schedule, owned by the harness.
+
+Every backend receives the same index arrays in the same order and the same
+learning rate at every step, so the three runs are one computation.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from kdbench.spec import NetSpec
+
+
+def rng_for(seed: int, purpose: str) -> np.random.Generator:
+    """An independent random stream per (seed, purpose).
+
+    Adding a new use of randomness never shifts the draws of another one.
+    """
+    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(purpose.encode())]))
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Index arrays for every step: epochs x steps_per_epoch x batch_size."""
+
+    indices: np.ndarray  # int32, (epochs, steps_per_epoch, batch_size)
+
+    @property
+    def epochs(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return int(self.indices.shape[1])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.indices.shape[2])
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+def make_plan(n_train: int, batch_size: int, epochs: int, rng: np.random.Generator) -> BatchPlan:
+    """One fresh permutation per epoch; the ragged last batch is dropped.
+
+    Dropping it keeps shapes static, so no framework recompiles mid-epoch.
+    """
+    steps = n_train // batch_size
+    if steps == 0:
+        raise ValueError(f"batch size {batch_size} is larger than the training set ({n_train})")
+    rows = [rng.permutation(n_train)[: steps * batch_size] for _ in range(epochs)]
+    return BatchPlan(np.stack(rows).reshape(epochs, steps, batch_size).astype(np.int32))
+
+
+def learning_rates(net: NetSpec, plan: BatchPlan) -> np.ndarray:
+    """The learning rate of every step, float64, one entry per step."""
+    base = net.optimizer.lr
+    steps = np.arange(plan.total_steps)
+    schedule = net.schedule
+    if schedule.name == "constant":
+        return np.full(plan.total_steps, base)
+    if schedule.name == "cosine":
+        return base * 0.5 * (1.0 + np.cos(math.pi * steps / plan.total_steps))
+    epoch = steps // plan.steps_per_epoch
+    gamma = 0.1 if schedule.gamma is None else schedule.gamma
+    assert schedule.every_epochs is not None
+    return base * gamma ** (epoch // schedule.every_epochs)

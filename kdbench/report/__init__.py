@@ -1,0 +1,173 @@
+"""`kdbench report`: finished runs in, publishable tables, figures and a page out.
+
+The report reads only records (results.jsonl and run.json of each run
+folder) and writes only into its own folder, which it marks with a manifest
+(report.json): a report is rewritten in place for the same runs, and a
+folder holding anything else is left alone unless --force says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from kdbench import __version__
+from kdbench.errors import KdbenchError
+from kdbench.records import RESULTS_FILE, results_path
+
+FORMATS = ("md", "csv", "html", "tex")
+MANIFEST = "report.json"
+REPORT_DIR = "report"
+
+__all__ = ["FORMATS", "add_parser", "cmd_report", "parse_formats", "write_report"]
+
+
+def parse_formats(value: str) -> list[str]:
+    """'md,html' -> ['md', 'html']; anything unknown is a one-line error."""
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        raise KdbenchError(
+            f"unknown report format {', '.join(map(repr, unknown)) or repr(value)}; "
+            f"choose from {', '.join(FORMATS)} (comma-separated)"
+        )
+    return list(dict.fromkeys(names))
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `kdbench report` on the CLI's subparsers."""
+    p = subparsers.add_parser(
+        "report",
+        help="tables, figures and an HTML page from finished runs",
+        description="Turn one or more run folders into published tables (Markdown, CSV, "
+        "HTML, LaTeX) and figures. Cells are grouped by hardware and fairness settings; "
+        "accuracy is shown as mean and 95% confidence interval over seeds.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders made by 'kdbench run'")
+    p.add_argument("--out", help=f"report folder (default: <first run>/{REPORT_DIR})")
+    p.add_argument(
+        "--format",
+        default=",".join(FORMATS),
+        help=f"comma-separated formats among {', '.join(FORMATS)} (default: all)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip the figures (faster)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a folder that holds other files or the report of other runs",
+    )
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Entry point of `kdbench report`; returns the exit status."""
+    formats = parse_formats(args.format)
+    out = Path(args.out) if args.out else None
+    written = write_report(
+        args.runs, out, formats, plots=not args.no_plots, force=bool(getattr(args, "force", False))
+    )
+    folder = written[-1].parent  # the manifest, written last, sits at the top
+    names = [str(p.relative_to(folder)) for p in written if p.name != MANIFEST]
+    pages = [n for n in names if "/" not in n]
+    csvs = [n for n in names if n.startswith("csv/")]
+    pngs = [n for n in names if n.startswith("plots/")]
+    parts = pages + ([f"csv/ ({len(csvs)} tables)"] if csvs else [])
+    parts += [f"plots/ ({len(pngs)} figures)"] if pngs else []
+    print(f"kdbench: report of {len(args.runs)} run(s) -> {folder}: {', '.join(parts)}")
+    return 0
+
+
+def _check_out_dir(out: Path, runs: list[str], force: bool) -> list[str]:
+    """Whether the report may be written there; returns the files a previous
+    report of the folder wrote (so stale ones can go)."""
+    if out.exists() and not out.is_dir():
+        raise KdbenchError(f"--out {out} is a file, not a folder")
+    if (out / RESULTS_FILE).exists():
+        raise KdbenchError(
+            f"{out} is a run folder ({RESULTS_FILE}); a report never writes into a run's own "
+            f"folder: give --out {out / REPORT_DIR} or another folder"
+        )
+    if not out.is_dir() or not any(out.iterdir()):
+        return []
+    manifest = out / MANIFEST
+    previous: dict[str, Any] = {}
+    if manifest.is_file():
+        try:
+            previous = json.loads(manifest.read_text())
+        except ValueError:
+            previous = {}
+    if not previous:
+        if force:
+            return []
+        raise KdbenchError(
+            f"{out} holds files that are not a kdbench report; choose another --out "
+            "(or --force to write beside them)"
+        )
+    if sorted(previous.get("runs", [])) != sorted(runs) and not force:
+        raise KdbenchError(
+            f"{out} holds the report of other runs ({', '.join(previous.get('runs', []))}); "
+            "choose another --out (or --force to replace it)"
+        )
+    return [str(f) for f in previous.get("files", [])]
+
+
+def write_report(
+    runs: list[str],
+    out: Path | None = None,
+    formats: list[str] | None = None,
+    plots: bool = True,
+    force: bool = False,
+) -> list[Path]:
+    """Build the report of the runs and write it; returns the files written."""
+    from kdbench.report.aggregate import build
+    from kdbench.report.htmlpage import html
+    from kdbench.report.plots import draw_all
+    from kdbench.report.render import csv_tables, latex, markdown
+
+    formats = formats or list(FORMATS)
+    report = build(runs)  # checks the run folders before anything is written
+    folders = [results_path(r).parent for r in report.runs]
+    out = out or folders[0] / REPORT_DIR
+    run_ids = [str(f.resolve()) for f in folders]
+    stale = _check_out_dir(out, run_ids, force)
+    out.mkdir(parents=True, exist_ok=True)
+
+    written: list[Path] = []
+    figures = draw_all(report.sections, out / "plots") if plots else []
+    written += [p.path for p in figures]
+    if "md" in formats:
+        written.append(_write(out / "report.md", markdown(report, figures, out)))
+    if "csv" in formats:
+        for name, table in csv_tables(report).items():
+            path = out / "csv" / f"{name}.csv"
+            path.parent.mkdir(exist_ok=True)
+            table.to_csv(path, index=False)
+            written.append(path)
+    if "html" in formats:
+        written.append(_write(out / "report.html", html(report, figures)))
+    if "tex" in formats:
+        written.append(_write(out / "report.tex", latex(report, figures, out)))
+
+    names = {str(p.relative_to(out)) for p in written}
+    for old in stale:  # files of the previous report of these runs that are gone now
+        path = out / old
+        if old not in names and path.is_file() and path.name != RESULTS_FILE:
+            path.unlink()
+    manifest = {
+        "kdbench_report": 1,
+        "kdbench_version": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "runs": run_ids,
+        "formats": formats,
+        "files": sorted(names),
+    }
+    written.append(_write(out / MANIFEST, json.dumps(manifest, indent=2) + "\n"))
+    return written
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

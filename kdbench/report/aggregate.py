@@ -1,0 +1,609 @@
+"""From records to report tables: sections by hardware and settings, stats over seeds.
+
+Every number shown comes from the records alone. A section holds the cells
+that ran on the same hardware with the same fairness settings, because only
+those may share a table; inside a section there is one row per spec and
+backend, aggregated over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from kdbench.backends.base import backend_names
+from kdbench.errors import KdbenchError
+from kdbench.records import load_runs
+from kdbench.tables import COLUMNS as SHOW_COLUMNS
+
+# Phases in the order a cell runs them; records name what they have (older
+# ones one "eval" phase, newer ones an inference phase per model).
+PHASE_ORDER = ("teacher", "scratch", "distill", "eval_teacher", "eval_student", "eval")
+PHASE_NAMES = {
+    "teacher": "teacher training",
+    "scratch": "student from scratch",
+    "distill": "distillation",
+    "eval_teacher": "teacher inference",
+    "eval_student": "student inference",
+    "eval": "inference",
+}
+TRAIN_PHASES = ("teacher", "scratch", "distill")
+MIB = 1024.0**2
+CONFIDENCE = 0.95
+
+# The hardware a cell ran on: cells on different hardware never share a table.
+HARDWARE = ["device", "host.cpu", "host.cpu_count"]
+# settings.* that are no fairness setting of their own: the resolved compile
+# mode is each framework's spelling of settings.compile, and the requested
+# device is replaced by the device the cell actually ran on.
+NOT_FAIRNESS = {"settings.compile_mode", "settings.device"}
+# Where a cell failed before it chose a device and no cell of its run says which.
+UNKNOWN_DEVICE = "unknown device"
+# The row key inside a section.
+ROW = ["spec.name", "label", "spec.hash", "backend"]
+
+# Friendlier names for the settings listed under a section heading.
+SETTING_NAMES = {
+    "settings.compile": "compile",
+    "settings.precision": "precision",
+    "settings.threads": "threads",
+    "settings.deterministic": "deterministic",
+    "settings.teacher_batch_size": "teacher batch size",
+    "settings.student_batch_size": "student batch size",
+    "settings.eval_batch_size": "eval batch size",
+    "settings.warmup_steps": "warm-up steps (excluded from step times)",
+    "settings.method": "distillation method",
+    "settings.temperature": "temperature",
+    "settings.alpha": "alpha (weight of the distillation term)",
+}
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """One reported quantity: where it is in a record, and how it is shown."""
+
+    column: str
+    header: str  # with its unit
+    unit: str
+    scale: float
+    decimals: int
+    how: str  # "ci": mean and t-interval; "median": median over seeds; "max"
+
+    @classmethod
+    def from_show(cls, column: str, unit: str, how: str, header: str | None = None) -> Quantity:
+        """Same header, scale and decimals as `kdbench show`, so both read alike
+        (a percentage with two decimals should `show` stop listing it)."""
+        name = column.removeprefix("metrics.").replace("_", " ")
+        show_header, scale, decimals, _ = SHOW_COLUMNS.get(column, (f"{name} {unit}", 100.0, 2, ""))
+        return cls(column, header or show_header, unit, scale, decimals, how)
+
+
+ACCURACY = [
+    Quantity.from_show("metrics.teacher_acc", "%", "ci"),
+    Quantity.from_show("metrics.scratch_acc", "%", "ci"),
+    Quantity.from_show("metrics.distilled_acc", "%", "ci"),
+    Quantity.from_show("metrics.gain", "pts", "ci", "KD gain pts"),
+    Quantity.from_show("metrics.agreement", "%", "ci", "teacher-student agreement %"),
+]
+
+
+# Per phase (field in phases.<phase>.*): one table row per spec, phase and backend.
+PHASE_QUANTITIES = [
+    Quantity("step_time_median_s", "step ms", "ms", 1e3, 3, "median"),
+    Quantity("step_time_iqr_s", "step IQR ms", "ms", 1e3, 3, "median"),
+    Quantity("throughput_samples_per_s", "samples/s", "samples/s", 1, 0, "median"),
+    Quantity("warmup_s", "warm-up ms", "ms", 1e3, 1, "median"),
+    Quantity("achieved_flops_per_s", "GFLOP/s", "GFLOP/s", 1e-9, 2, "median"),
+    Quantity("fraction_of_peak", "% of peak", "%", 100, 1, "median"),
+    Quantity("device_peak_bytes", "device peak MiB", "MiB", 1 / MIB, 1, "max"),
+]
+
+# Per cell: the process as a whole.
+HOST_QUANTITIES = [
+    Quantity("memory.host_peak_rss_bytes", "host peak RSS MiB", "MiB", 1 / MIB, 1, "max"),
+    Quantity("memory.framework_import_bytes", "framework import MiB", "MiB", 1 / MIB, 1, "median"),
+    Quantity("timings.setup_s", "framework setup s", "s", 1, 2, "median"),
+    Quantity("duration_s", "cell wall s", "s", 1, 1, "median"),
+]
+
+
+def phases_of(frame: pd.DataFrame) -> list[str]:
+    """The phases these records have, in the order a cell runs them."""
+    names = {c.split(".")[1] for c in frame.columns if c.startswith("phases.") and c.count(".") > 1}
+    return sorted(
+        names, key=lambda p: (PHASE_ORDER.index(p) if p in PHASE_ORDER else len(PHASE_ORDER), p)
+    )
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A quantity over the seeds of one row."""
+
+    n: int
+    mean: float
+    sd: float
+    ci_low: float
+    ci_high: float
+    median: float
+    min: float
+    max: float
+
+
+def describe(values: Iterable[float]) -> Stat:
+    """Mean with a two-sided 95% Student-t interval; no interval from one value."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        nan = float("nan")
+        return Stat(0, nan, nan, nan, nan, nan, nan, nan)
+    mean = float(v.mean())
+    if n == 1:
+        sd = low = high = float("nan")
+    else:
+        sd = float(v.std(ddof=1))
+        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
+        low, high = mean - half, mean + half
+    return Stat(n, mean, sd, low, high, float(np.median(v)), float(v.min()), float(v.max()))
+
+
+def format_stat(stat: Stat, decimals: int, how: str) -> str:
+    """The shown text of one table cell: '-' when nothing finished."""
+    if stat.n == 0:
+        return "-"
+    if how == "median":
+        return f"{stat.median:.{decimals}f}"
+    if how == "max":
+        return f"{stat.max:.{decimals}f}"
+    if stat.n == 1:
+        return f"{stat.mean:.{decimals}f} (n=1, no interval)"
+    return f"{stat.mean:.{decimals}f} ± {(stat.ci_high - stat.mean):.{decimals}f}"
+
+
+@dataclass
+class Table:
+    """One table of a section: shown text and the numbers behind it."""
+
+    name: str  # file stem of its CSV: accuracy, speed, resources, failures
+    title: str
+    shown: pd.DataFrame  # strings, one row per spec and backend
+    tidy: pd.DataFrame  # one row per (row, quantity), numbers in `unit`
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Section:
+    """Cells that ran on the same hardware with the same fairness settings."""
+
+    index: int
+    hardware: dict[str, str]
+    settings: dict[str, str]  # settings.* column -> value
+    cells: pd.DataFrame
+    tables: list[Table] = field(default_factory=list)
+
+    @property
+    def settings_shown(self) -> dict[str, str]:
+        """The settings with the names a reader knows them by."""
+        known = list(SETTING_NAMES)
+        order = sorted(self.settings, key=lambda c: (known.index(c) if c in known else 99, c))
+        return {SETTING_NAMES.get(c, c.removeprefix("settings.")): self.settings[c] for c in order}
+
+    @property
+    def title(self) -> str:
+        device = self.hardware["device"]
+        host = f"{self.hardware['cpu']}, {self.hardware['cpus']} CPUs"
+        where = f"CPU ({host})" if device == "cpu" else f"{device} (host: {host})"
+        return f"Section {self.index}: {where}"
+
+    @property
+    def key(self) -> dict[str, str]:
+        """Hardware and settings, for the tidy CSV files."""
+        return {**{f"hardware.{k}": v for k, v in self.hardware.items()}, **self.settings}
+
+
+@dataclass
+class Report:
+    runs: list[Path]
+    frame: pd.DataFrame  # every cell, step times kept
+    sections: list[Section]
+    runs_env: pd.DataFrame
+    frameworks_env: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def _text(value: Any) -> str:
+    """A key value as text: missing values are '-', 2.0 is '2'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, np.generic):
+        return _text(value.item())
+    return str(value)
+
+
+def run_paths(runs: Sequence[str | Path]) -> list[Path]:
+    """The run folders named, each once however it was spelled."""
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        path = Path(run)
+        if not path.exists():
+            raise KdbenchError(f"run folder {run} does not exist")
+        seen.setdefault(path.resolve(), path)
+    return list(seen.values())
+
+
+def load(runs: Sequence[str | Path]) -> pd.DataFrame:
+    """All cells of the runs, the last record of a cell winning, keys as text."""
+    seen = run_paths(runs)
+    frame = load_runs(seen, keep_step_times=True)
+    if frame.empty:
+        raise KdbenchError(f"no records in {', '.join(map(str, seen))}; nothing to report")
+    for column in ["device", "label", "framework", "framework_version", "error", *HARDWARE, *ROW]:
+        if column not in frame:
+            frame[column] = None
+    frame["device"] = _infer_failed_devices(frame)
+    settings = _settings_columns(frame)
+    for column in [*HARDWARE, *ROW, *settings, "label"]:
+        frame[column] = frame[column].map(_text)
+    frame["label"] = frame["label"].replace("-", "")
+    frame["device"] = frame["device"].map(lambda d: " ".join(d.split()))
+    # A cell recorded twice in one run (a re-run appended to the same file)
+    # counts once, its last record winning; cells that differ in spec or
+    # settings stay apart even under one cell id.
+    same_cell = ["run_dir", "cell_id", "spec.hash", "label", *settings]
+    frame = frame.drop_duplicates(subset=same_cell, keep="last").reset_index(drop=True)
+    for q in [*ACCURACY, *HOST_QUANTITIES]:
+        if q.column not in frame:
+            frame[q.column] = np.nan
+    # Older records time inference per batch of the whole test split.
+    if "phases.eval.batch_time_median_s" in frame and "phases.eval.step_time_median_s" not in frame:
+        frame["phases.eval.step_time_median_s"] = frame["phases.eval.batch_time_median_s"]
+    return frame
+
+
+def _settings_columns(frame: pd.DataFrame) -> list[str]:
+    """The fairness settings of these records. Without the requested compile
+    setting (older records) the resolved mode is all there is, and it splits."""
+    skip = NOT_FAIRNESS if "settings.compile" in frame else NOT_FAIRNESS - {"settings.compile_mode"}
+    return sorted(c for c in frame.columns if c.startswith("settings.") and c not in skip)
+
+
+def _infer_failed_devices(frame: pd.DataFrame) -> pd.Series:
+    """A cell that failed before choosing its device gets the device its run's
+    other cells used, when they agree, so it is listed beside them."""
+    device = frame["device"].copy()
+    requested = frame.get("settings.device", pd.Series("-", index=frame.index)).map(_text)
+    known = device.notna()
+    for i in frame.index[~known]:
+        same = (
+            known
+            & (frame["run_dir"] == frame.at[i, "run_dir"])
+            & (frame["host.cpu"].map(_text) == _text(frame.at[i, "host.cpu"]))
+            & (requested == requested[i])
+        )
+        for mask in (same & (frame["backend"] == frame.at[i, "backend"]), same):
+            found = set(device[mask])
+            if len(found) == 1:
+                device[i] = found.pop()
+                break
+        else:
+            device[i] = UNKNOWN_DEVICE
+    return device
+
+
+def _backend_order(names: Iterable[str]) -> list[str]:
+    known = backend_names()
+    return sorted(set(names), key=lambda n: (known.index(n) if n in known else len(known), n))
+
+
+def _row_label(frame: pd.DataFrame) -> pd.Series:
+    """The spec as shown: its name, the matrix label, and its hash when one
+    name stands for several spec contents in the same section."""
+    label = frame["spec.name"] + frame["label"].map(lambda x: f" [{x}]" if x else "")
+    hashes = frame.groupby(label)["spec.hash"].transform("nunique")
+    return label + np.where(hashes > 1, " #" + frame["spec.hash"].str[:7], "")
+
+
+def build(runs: Sequence[str | Path]) -> Report:
+    """Read the runs and compute every table of the report."""
+    frame = load(runs)
+    settings_cols = _settings_columns(frame)
+    sections = []
+    keys = HARDWARE + settings_cols
+    for index, (key, cells) in enumerate(frame.groupby(keys, sort=False, dropna=False), start=1):
+        values = dict(zip(keys, key, strict=True))
+        hardware = {
+            "device": values["device"],
+            "cpu": values["host.cpu"],
+            "cpus": values["host.cpu_count"],
+        }
+        settings = {c: values[c] for c in settings_cols}
+        cells = cells.copy()
+        cells["spec"] = _row_label(cells)
+        section = Section(index, hardware, settings, cells)
+        section.tables = [_accuracy(section), _phases(section), _host(section)]
+        failures = _failures(section)
+        if failures is not None:
+            section.tables.append(failures)
+        sections.append(section)
+    notes = _code_notes(frame)
+    if len(sections) > 1:
+        notes.append(
+            f"The cells ran on {len({tuple(s.hardware.values()) for s in sections})} kinds of "
+            f"hardware or with different fairness settings: {len(sections)} sections, and "
+            "numbers from different sections are not comparable."
+        )
+    return Report(
+        run_paths(runs),
+        frame,
+        sections,
+        _runs_environment(frame),
+        _frameworks_environment(frame),
+        notes,
+    )
+
+
+def _rows(cells: pd.DataFrame) -> Iterable[tuple[str, str, pd.DataFrame]]:
+    """(spec shown, backend, cells) in spec order, then the usual backend order."""
+    for spec in dict.fromkeys(cells["spec"]):
+        of_spec = cells[cells["spec"] == spec]
+        for backend in _backend_order(of_spec["backend"]):
+            yield spec, backend, of_spec[of_spec["backend"] == backend]
+
+
+def _seeds_ok(ok: pd.DataFrame, group: pd.DataFrame) -> str:
+    """Distinct seeds that finished, of those tried; repeated cells said apart."""
+    seeds = group["seed"].map(_text)
+    text = f"{ok['seed'].map(_text).nunique()}/{seeds.nunique()}"
+    return text if len(group) == seeds.nunique() else f"{text} ({len(ok)}/{len(group)} cells)"
+
+
+def _status(group: pd.DataFrame) -> str:
+    bad = group[group["status"] != "ok"]
+    if bad.empty:
+        return "ok"
+    counts = ", ".join(f"{n} {s}" for s, n in bad["status"].value_counts().items())
+    reason = _text(bad.iloc[0]["error"]).splitlines()[0] if len(bad) else ""
+    return f"{counts}: {reason[:100]}"
+
+
+Row = tuple[dict[str, str], pd.DataFrame, list[Quantity]]
+
+
+def _values(ok: pd.DataFrame, q: Quantity) -> pd.Series:
+    """The quantity over the finished seeds of a row, scaled to its unit."""
+    if q.column not in ok:
+        return pd.Series(dtype=float)
+    values = pd.to_numeric(ok[q.column], errors="coerce") * q.scale
+    if q.how == "ci":
+        # Seeds are the independent replicates: the same seed run twice (in
+        # two runs) trains the same model, so its repeats count once.
+        values = values.groupby(ok["seed"].map(_text)).mean()
+    return values.dropna()
+
+
+def _table(section: Section, name: str, title: str, rows: Iterable[Row]) -> Table:
+    """Shown text and tidy numbers for rows of (keys, cells, quantities)."""
+    shown_rows, tidy_rows = [], []
+    for keys, group, quantities in rows:
+        ok = group[group["status"] == "ok"]
+        row = {k: v for k, v in keys.items() if k != "phase"}
+        if "phase" in keys:
+            row = {"spec": keys["spec"], "phase": PHASE_NAMES.get(keys["phase"], keys["phase"])}
+            row["backend"] = keys["backend"]
+            modes = sorted({_text(m) for m in ok.get("settings.compile_mode", pd.Series())})
+            row["compile mode"] = ", ".join(modes) or "-"
+        if name == "accuracy":
+            row["seeds ok"] = _seeds_ok(ok, group)
+        for q in quantities:
+            stat = describe(_values(ok, q))
+            row[q.header] = format_stat(stat, q.decimals, q.how)
+            tidy_rows.append(
+                {
+                    "section": section.index,
+                    **section.key,
+                    **keys,
+                    "spec_hash": group["spec.hash"].iloc[0],
+                    "quantity": q.column,
+                    "unit": q.unit,
+                    "aggregate": {"ci": "mean", "median": "median", "max": "max"}[q.how],
+                    **{k: getattr(stat, k) for k in Stat.__dataclass_fields__},
+                }
+            )
+        if name == "accuracy":
+            row["status"] = _status(group)
+        shown_rows.append(row)
+    return Table(name, title, pd.DataFrame(shown_rows), pd.DataFrame(tidy_rows))
+
+
+def _accuracy(section: Section) -> Table:
+    rows = (({"spec": s, "backend": b}, g, ACCURACY) for s, b, g in _rows(section.cells))
+    table = _table(section, "accuracy", "Accuracy over seeds", rows)
+    table.notes.append(
+        f"mean ± half-width of the {CONFIDENCE:.0%} Student-t confidence interval over the "
+        "seeds that finished (a seed run in several runs counts once, its repeats averaged); "
+        "the KD gain is distilled minus scratch accuracy of the same seed (paired), in "
+        "percentage points. Test-set accuracy after the last epoch."
+    )
+    return table
+
+
+def _phases(section: Section) -> Table:
+    """One row per spec, phase and backend: the frameworks side by side per phase."""
+    cells = section.cells
+    rows: list[Row] = []
+    for spec in dict.fromkeys(cells["spec"]):
+        of_spec = cells[cells["spec"] == spec]
+        for phase in phases_of(of_spec.dropna(axis=1, how="all")):
+            quantities = [replace(q, column=f"phases.{phase}.{q.column}") for q in PHASE_QUANTITIES]
+            for backend in _backend_order(of_spec["backend"]):
+                keys = {"spec": spec, "phase": phase, "backend": backend}
+                rows.append((keys, of_spec[of_spec["backend"] == backend], quantities))
+    table = _table(section, "phases", "Speed, compute and device memory per phase", rows)
+    if not rows:
+        table.notes.append("No phase timings in these records.")
+        return table
+    table.shown, dropped = _drop_empty(table.shown)
+    table.notes.append(
+        "Median over seeds of each cell's steady-state median step (the warm-up steps "
+        "excluded, the device synchronised before the clock stops); IQR: each cell's "
+        "interquartile range of step times; samples/s = batch size / median step. Warm-up ms: "
+        "the warm-up steps, compilation included. GFLOP/s: analytic FLOPs per step / median "
+        "step. Device peak MiB: the largest in-use peak the framework reported over seeds."
+    )
+    cached = cells.get("phases.teacher.from_cache")
+    if cached is not None and cached.map(lambda v: v is True).any():
+        table.notes.append(
+            f"{int(cached.map(lambda v: v is True).sum())} cell(s) loaded a cached teacher: "
+            "their teacher-training timings are those of the cell that trained it."
+        )
+    if dropped:
+        table.notes.append(f"Not in these records: {', '.join(dropped)}.")
+    return table
+
+
+def _host(section: Section) -> Table:
+    rows = (({"spec": s, "backend": b}, g, HOST_QUANTITIES) for s, b, g in _rows(section.cells))
+    table = _table(section, "host", "Host memory and set-up per cell", rows)
+    table.shown, dropped = _drop_empty(table.shown)
+    table.notes.append(
+        "Host peak RSS: the cell process's resident high-water mark (max over seeds); "
+        "framework import: resident memory the framework's import and set-up added; "
+        "cell wall: the whole cell, data loading and every phase included (median)."
+    )
+    if dropped:
+        table.notes.append(f"Not in these records: {', '.join(dropped)}.")
+    return table
+
+
+def _drop_empty(shown: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Columns that no cell of the section has (a CPU has no device counter;
+    older records have no FLOP/s) are left out and named in a note."""
+    keys = ("spec", "phase", "backend", "compile mode")
+    empty = [c for c in shown.columns if c not in keys and (shown[c] == "-").all()]
+    return shown.drop(columns=empty), empty
+
+
+def _failures(section: Section) -> Table | None:
+    bad = section.cells[section.cells["status"] != "ok"]
+    if bad.empty:
+        return None
+    rows = []
+    for _, cell in bad.iterrows():
+        rows.append(
+            {
+                "spec": cell["spec"],
+                "backend": cell["backend"],
+                "seed": _text(cell.get("seed")),
+                "status": cell["status"],
+                "error": _text(cell.get("error")),
+                "cell": cell["cell_id"],
+                "run": Path(cell["run_dir"]).name,
+            }
+        )
+    tidy = pd.DataFrame([{"section": section.index, **section.key, **r} for r in rows])
+    shown = pd.DataFrame(rows)
+    shown["error"] = shown["error"].map(lambda e: e if len(e) <= 160 else e[:157] + "...")
+    return Table(
+        "failures",
+        "Cells that did not finish",
+        shown,
+        tidy,
+        ["Every failed, timed-out or out-of-memory cell; the tables above use finished cells."],
+    )
+
+
+def _code_notes(frame: pd.DataFrame) -> list[str]:
+    """Warnings about the code behind the numbers: a comparison is only as
+    good as knowing which code produced each side."""
+    notes = []
+    for run_dir, cells in frame.groupby("run_dir", sort=False):
+        commits = {_text(c) for c in cells.get("host.git_commit", pd.Series([None]))} - {"-"}
+        if len(commits) > 1:
+            notes.append(
+                f"Run {run_dir}: its cells ran from {len(commits)} different git commits "
+                "(the code changed during the run)."
+            )
+        dirty = cells.get("host.git_dirty", pd.Series([None]))
+        if dirty.map(lambda v: v is True).any():
+            notes.append(
+                f"Run {run_dir}: cells ran from a working tree with uncommitted changes "
+                "(git dirty), so the commit does not name their code exactly."
+            )
+    return notes
+
+
+def _unique(values: pd.Series) -> str:
+    found = [_text(v) for v in dict.fromkeys(values.tolist())]
+    found = [v for v in found if v != "-"] or ["-"]
+    return found[0] if len(found) == 1 else f"{', '.join(found)} (mixed)"
+
+
+def _runs_environment(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: where and from which code it ran."""
+    rows = []
+    for run_dir, cells in frame.groupby("run_dir", sort=False):
+        manifest = _manifest(Path(run_dir))
+        commits = cells.get("host.git_commit", pd.Series(dtype=object)).map(lambda c: _text(c)[:12])
+        rows.append(
+            {
+                "run": _unique(cells.get("run_id", pd.Series([Path(run_dir).name]))),
+                "folder": run_dir,
+                "cells ok": f"{(cells['status'] == 'ok').sum()}/{len(cells)}",
+                "started": _text(cells["started_at"].min()) if "started_at" in cells else "-",
+                "git commit": _unique(commits),
+                "dirty tree": _unique(cells.get("host.git_dirty", pd.Series([None]))),
+                "kdbench": _unique(cells.get("host.kdbench_version", pd.Series([None]))),
+                "os": _unique(cells.get("host.os", pd.Series([None]))),
+                "cpu": _unique(cells["host.cpu"]),
+                "CPUs": _unique(cells["host.cpu_count"]),
+                "python": _unique(cells.get("host.python", pd.Series([None]))),
+                "command": " ".join(manifest.get("argv", [])) or "-",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _manifest(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _frameworks_environment(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows: framework facts (version, device, flags); columns: run and backend."""
+    env_cols = sorted(c for c in frame.columns if c.startswith("environment."))
+    columns: dict[str, dict[str, str]] = {}
+    for run_dir, cells in frame.groupby("run_dir", sort=False):
+        for backend in _backend_order(cells["backend"]):
+            ok = cells[(cells["backend"] == backend) & (cells["status"] == "ok")]
+            if ok.empty:
+                ok = cells[cells["backend"] == backend]
+            facts = {
+                "framework": _unique(ok["framework"]),
+                "framework version": _unique(ok["framework_version"]),
+                "device": _unique(ok["device"]),
+                "compile mode": _unique(ok.get("settings.compile_mode", pd.Series([None]))),
+            }
+            for c in env_cols:
+                if c == "environment.compile_mode":  # shown as "compile mode" above
+                    continue
+                value = _unique(ok[c]) or "(empty)"
+                if value != "-":
+                    facts[c.removeprefix("environment.")] = value
+            name = (
+                f"{backend} ({Path(run_dir).name})" if frame["run_dir"].nunique() > 1 else backend
+            )
+            columns[name] = facts
+    table = pd.DataFrame(columns).fillna("-")
+    table.index.name = "fact"
+    return table.reset_index()

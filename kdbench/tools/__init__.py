@@ -1,0 +1,1 @@
+"""kdbench's command-line tools beside the CLI: the harness-overhead benchmark, the GPU check."""

@@ -2,34 +2,50 @@
 
 A check that cannot fail proves nothing. Every perturbation here is a bug a
 real backend could have (flatten order, a missing T^2, a transposed kernel,
-decoupled weight decay, an off-by-one batch), applied to the PyTorch
-backend with monkeypatch; the same checks guard the other backends.
+decoupled weight decay, an off-by-one batch, a learning rate one step late),
+applied with monkeypatch. The PyTorch ones break its internals; the ones at
+the backend contract (a gradient read back in the wrong layout, shifted
+batches, a late or lost learning rate) run on every installed backend, so
+a one-framework machine shows that the float64 oracle checks bite too.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import backend
+from conftest import backend, backend_params
+from kdbench.backends.base import is_installed
 from parity_checks import (
     GRAD_TOL,
+    TRAJECTORY_SAMPLES,
+    TRAJECTORY_STEPS,
     assert_close,
     assert_trajectories_agree,
+    assert_trajectory_matches_oracle,
+    check_every_grad,
     check_forward,
     check_loss,
+    oracle_trajectory,
     parity_architectures,
     run_updates,
     trajectory,
+    trajectory_run,
 )
 
-torch = pytest.importorskip("torch")
-import kdbench.backends.pytorch.backend as torch_backend  # noqa: E402
-import kdbench.backends.pytorch.model as torch_model  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from kdbench.backends.pytorch.losses import distill_loss  # noqa: E402
+if is_installed("pytorch"):
+    import kdbench.backends.pytorch.backend as torch_backend
+    import kdbench.backends.pytorch.model as torch_model
+    import torch
+    import torch.nn.functional as F
+    from kdbench.backends.pytorch.losses import distill_loss
 
-pytestmark = pytest.mark.torch
 ARCHS = parity_architectures()
+
+
+def needs_torch(test):
+    """Marked torch and skipped where PyTorch is not installed."""
+    skip = pytest.mark.skipif(not is_installed("pytorch"), reason="pytorch is not installed")
+    return skip(pytest.mark.torch(test))
 
 
 @pytest.fixture
@@ -37,6 +53,7 @@ def pt():
     return backend("pytorch")
 
 
+@needs_torch
 def test_forward_check_catches_channel_first_flatten(pt, monkeypatch) -> None:
     check_forward(pt, ARCHS["cnn-small"])
     monkeypatch.setattr(torch_model.FlattenNHWC, "forward", lambda self, x: x.flatten(1))
@@ -44,6 +61,7 @@ def test_forward_check_catches_channel_first_flatten(pt, monkeypatch) -> None:
         check_forward(pt, ARCHS["cnn-small"])
 
 
+@needs_torch
 def test_loss_check_catches_missing_temperature_squared(pt, monkeypatch) -> None:
     def no_t2(config, student, labels, teacher=None):
         t = config.temperature
@@ -58,6 +76,7 @@ def test_loss_check_catches_missing_temperature_squared(pt, monkeypatch) -> None
         check_loss(pt, ARCHS["mlp-16"], "soft")
 
 
+@needs_torch
 @pytest.mark.filterwarnings("ignore:reduction. .mean. divides")
 def test_loss_check_catches_kl_mean_over_classes(pt, monkeypatch) -> None:
     def kl_mean(config, student, labels, teacher=None):
@@ -75,6 +94,7 @@ def test_loss_check_catches_kl_mean_over_classes(pt, monkeypatch) -> None:
         check_loss(pt, ARCHS["linear"], "soft")
 
 
+@needs_torch
 def test_gradient_check_catches_a_transposed_kernel(pt, monkeypatch) -> None:
     arch = ARCHS["conv-same-stride"]
     clean = check_loss(pt, arch, "none")
@@ -90,8 +110,12 @@ def test_gradient_check_catches_a_transposed_kernel(pt, monkeypatch) -> None:
     with pytest.raises(AssertionError, match="grad"):
         for param in clean:
             assert_close(broken[param], clean[param], GRAD_TOL, f"grad {param}")
+    # The float64 backward oracle catches it with no second framework.
+    with pytest.raises(AssertionError, match="grad 0.kernel"):
+        check_every_grad(pt, arch, "none")
 
 
+@needs_torch
 @pytest.mark.parametrize(
     ("optimizer", "swap"),
     [
@@ -123,6 +147,7 @@ def test_update_check_catches_other_optimizer_conventions(pt, monkeypatch, optim
         run_updates(pt, ARCHS["mlp-16"], optimizer)
 
 
+@needs_torch
 def test_trajectory_check_catches_an_off_by_one_batch(pt, monkeypatch) -> None:
     arch = ARCHS["conv-same-stride"]
     clean = trajectory(pt, arch)
@@ -134,3 +159,98 @@ def test_trajectory_check_catches_an_off_by_one_batch(pt, monkeypatch) -> None:
     monkeypatch.setattr(torch_backend.PyTorchBackend, "train_step", shifted)
     with pytest.raises(AssertionError, match="step"):
         assert_trajectories_agree(trajectory(pt, arch), clean, "shifted")
+    with pytest.raises(AssertionError, match="step 0 loss"):
+        assert_trajectory_matches_oracle(
+            *trajectory_run(pt, arch), *oracle_trajectory(arch), "shifted"
+        )
+
+
+# Bugs at the backend contract, so they break every backend the same way and
+# show in a one-framework environment that the float64 oracle checks fail.
+
+
+@pytest.fixture(params=backend_params())
+def any_backend(request):
+    return backend(request.param)
+
+
+def test_oracle_gradient_check_catches_a_gradient_read_back_transposed(
+    any_backend, monkeypatch
+) -> None:
+    """Conv kernel gradients handed back with H and W swapped (a layout bug
+    in the read-back): the loss and the last (dense) layer stay right."""
+    arch = ARCHS["conv-same-stride"]
+    check_every_grad(any_backend, arch, "soft")
+    original = type(any_backend).loss_and_grads
+
+    def swapped(self, *args, **kwargs):
+        loss, grads = original(self, *args, **kwargs)
+        return loss, {k: g.transpose(1, 0, 2, 3) if g.ndim == 4 else g for k, g in grads.items()}
+
+    monkeypatch.setattr(type(any_backend), "loss_and_grads", swapped)
+    check_loss(any_backend, arch, "soft")  # the last-layer check cannot see it
+    with pytest.raises(AssertionError, match="grad 0.kernel"):
+        check_every_grad(any_backend, arch, "soft")
+
+
+def _perturbed_train_step(monkeypatch, b, change) -> None:
+    """train_step with (indices, lr) rewritten by change(step, indices, lr)."""
+    original = type(b).train_step
+    calls = [0]
+
+    def perturbed(self, state, data, indices, lr):
+        indices, lr = change(calls[0] % TRAJECTORY_STEPS, indices, lr)
+        calls[0] += 1
+        return original(self, state, data, indices, lr)
+
+    monkeypatch.setattr(type(b), "train_step", perturbed)
+
+
+def _against_oracle(b) -> None:
+    arch = ARCHS["conv-same-stride"]
+    assert_trajectory_matches_oracle(
+        *trajectory_run(b, arch), *oracle_trajectory(arch), f"{b.name} perturbed"
+    )
+
+
+def test_oracle_trajectory_check_passes_unperturbed(any_backend) -> None:
+    _against_oracle(any_backend)
+
+
+def test_oracle_trajectory_check_catches_an_off_by_one_batch(any_backend, monkeypatch) -> None:
+    def shift(step, indices, lr):
+        return (indices + 1) % TRAJECTORY_SAMPLES, lr
+
+    _perturbed_train_step(monkeypatch, any_backend, shift)
+    with pytest.raises(AssertionError, match="step 0 loss"):
+        _against_oracle(any_backend)
+
+
+def test_oracle_trajectory_check_catches_a_learning_rate_one_step_late(
+    any_backend, monkeypatch
+) -> None:
+    """Each step uses the previous step's lr (set after the update instead of
+    before): a cosine schedule changes slowly, yet the losses part from step 2."""
+    previous: list[float] = []
+
+    def late(step, indices, lr):
+        used = previous[-1] if step else lr
+        previous.append(lr)
+        return indices, used
+
+    _perturbed_train_step(monkeypatch, any_backend, late)
+    with pytest.raises(AssertionError, match=r"step [1-9]\d* loss"):
+        _against_oracle(any_backend)
+
+
+def test_oracle_trajectory_check_catches_a_lost_last_update(any_backend, monkeypatch) -> None:
+    """The last step's update is lost (its lr is 0): every loss is still
+    right, since a step's loss comes before its update; the final weights
+    are not."""
+
+    def last(step, indices, lr):
+        return indices, 0.0 if step == TRAJECTORY_STEPS - 1 else lr
+
+    _perturbed_train_step(monkeypatch, any_backend, last)
+    with pytest.raises(AssertionError, match="weights .* after step"):
+        _against_oracle(any_backend)

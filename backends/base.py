@@ -4,6 +4,9 @@ The harness owns the data, the initial weights, the batch plan, the loop and
 the clock. A backend owns tensors and math only: it builds the neutral
 architecture, loads numpy weights, runs one train or eval step on indices the
 harness chose, synchronises its device and reads its own memory counters.
+Everything a caller may rely on is declared here: the settings a backend
+applies (kdbench.settings), the environment it reports, the device it runs
+on, and the bare loop the overhead benchmark times beside the harness.
 """
 
 from __future__ import annotations
@@ -11,30 +14,31 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
 from kdbench.architectures import Architecture
 from kdbench.errors import KdbenchError
+from kdbench.settings import Settings
+
+__all__ = [
+    "Backend",
+    "BareLoop",
+    "Environment",
+    "LossConfig",
+    "Settings",
+    "Weights",
+    "backend_names",
+    "check_backend",
+    "get_backend",
+    "installed_backends",
+    "is_installed",
+]
 
 Weights = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The fairness settings every backend applies the same way."""
-
-    compile: str = "default"  # default | eager | compiled
-    precision: str = "float32"  # float32 | tf32
-    threads: int = 1  # intra-op threads, resolved (never 0 here)
-    deterministic: bool = False
-    device: str = "auto"  # auto | cpu | gpu
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -46,18 +50,105 @@ class LossConfig:
     alpha: float = 0.9
 
 
+# The record keeps these three at its top level; the rest is its environment block.
+TOP_LEVEL_FACTS = ("framework", "framework_version", "device")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What a framework reports about itself, as applied (not as asked for)."""
+
+    framework: str
+    framework_version: str
+    device: str  # the device's name; "cpu" on a CPU
+    device_kind: Literal["cpu", "gpu"]
+    compile_mode: str  # the framework's own name for the mode in force
+    intra_op_threads: int | None
+    inter_op_threads: int | None
+    tf32_matmul: bool
+    tf32_conv: bool
+    deterministic: bool
+    memory_counter: str | None  # the allocator counter behind device peaks; None: none
+    cuda_version: str | None = None
+    cudnn_version: int | str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # framework-specific facts
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device_kind == "gpu"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every fact, the framework-specific ones flattened in."""
+        facts = asdict(self)
+        extra = facts.pop("extra")
+        return {**facts, **extra}
+
+    def record_block(self) -> dict[str, Any]:
+        """The record's environment block: every fact but the top-level three."""
+        return {k: v for k, v in self.as_dict().items() if k not in TOP_LEVEL_FACTS}
+
+
+class BareLoop(Protocol):
+    """The harness's distillation phase written directly in one framework.
+
+    The overhead benchmark (kdbench.tools.overhead) times it beside the
+    harness's train_phase: the same models, loss, optimizer, indices and
+    learning rates, without the clock, the per-step sync and the adapter.
+    Each backend's bare.py module implements it; ``Backend.bare_loop``
+    returns that module.
+    """
+
+    def bare_setup(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        teacher_arch: Architecture,
+        teacher_weights: Weights,
+        student_arch: Architecture,
+        student_weights: Weights,
+        optimizer: dict[str, Any],
+        loss: LossConfig,
+        *,
+        device: Any,
+        teacher_seed: int = 0,
+        student_seed: int = 0,
+    ) -> Any:
+        """The split on the device once, both models, the optimizer: the loop's state."""
+
+    def bare_distill_loop(self, run: Any, indices: np.ndarray, lrs: np.ndarray) -> np.ndarray:
+        """Train on every index row in order with its lr; the per-step losses (float64)."""
+
+
 class Backend(ABC):
     """One framework. Handles (models, datasets, states) are opaque to the harness."""
 
     name: ClassVar[str]
 
-    @abstractmethod
+    def __init__(self) -> None:
+        self.settings = Settings().resolved()
+
     def setup(self, settings: Settings) -> None:
-        """Import the framework and apply precision, threads, determinism, device."""
+        """Resolve the settings (0 threads: all cores) and apply them."""
+        self.settings = settings.resolved()
+        self.apply_settings(self.settings)
 
     @abstractmethod
-    def environment(self) -> dict[str, Any]:
+    def apply_settings(self, settings: Settings) -> None:
+        """Import the framework and apply precision, threads, determinism, device."""
+
+    @property
+    @abstractmethod
+    def device(self) -> Any:
+        """The framework's handle of the device cells run on (a torch.device,
+        a TensorFlow device string, a jax.Device)."""
+
+    @abstractmethod
+    def environment(self) -> Environment:
         """Framework version, device, and every flag in force (as applied)."""
+
+    @abstractmethod
+    def bare_loop(self) -> BareLoop:
+        """This framework's bare distillation loop (its bare.py module)."""
 
     @abstractmethod
     def put_dataset(self, x: np.ndarray, y: np.ndarray) -> Any:
@@ -127,8 +218,10 @@ class Backend(ABC):
         """A device value (loss, logits) as numpy; synchronises."""
 
     @abstractmethod
-    def sync(self, handle: Any = None) -> None:
-        """Block until the device has finished all work queued so far."""
+    def sync(self, *handles: Any) -> None:
+        """Block until the device has finished the work behind these handles
+        (states, losses, logits, datasets this backend returned), and all work
+        queued before it where the framework can wait for that."""
 
     @abstractmethod
     def matmul_probe(self, n: int, dtype: str) -> Callable[[], Any]:

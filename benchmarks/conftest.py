@@ -10,7 +10,7 @@ from typing import Any
 
 from kdbench.backends.base import installed_backends
 
-from kdbench.environment import host_environment
+from kdbench.host import host_environment
 
 FRAMEWORK_DISTRIBUTIONS = (
     "torch",

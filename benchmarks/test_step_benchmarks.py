@@ -15,11 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kdbench.backends.base import LossConfig, Settings, backend_names, get_backend, is_installed
+from kdbench.backends.base import Settings, backend_names, get_backend, is_installed
 
-from kdbench.harness import load_spec_data
-from kdbench.initial_weights import init_weights
-from kdbench.plan import make_plan, rng_for
+from kdbench.harness.prepare import prepare_cell
 from kdbench.spec import load_spec
 
 ROUNDS = 100
@@ -35,30 +33,21 @@ def _params() -> list[Any]:
 
 @pytest.fixture(scope="module", params=_params())
 def cell(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """The default spec's data, teacher, student and first batch, on one backend."""
-    loaded = load_spec("mnist5k")
-    spec = loaded.spec
+    """The default spec's cell as the harness prepares it (seed 0), on one backend."""
+    p = prepare_cell(load_spec("mnist5k"), seed=0)
     backend = get_backend(request.param)
     backend.setup(Settings(threads=os.cpu_count() or 1))
-    data = load_spec_data(spec, seed=0)
-    train = backend.put_dataset(data.x_train, data.y_train)
-    teacher = backend.build(loaded.teacher_arch, init_weights(loaded.teacher_arch, rng_for(0, "t")))
-    student = backend.build(loaded.student_arch, init_weights(loaded.student_arch, rng_for(0, "s")))
-    d = spec.distill
-    state = backend.init_train(
-        student,
-        spec.student.optimizer.resolved(),
-        LossConfig(d.method, d.temperature, d.alpha),
-        teacher,
-    )
-    plan = make_plan(len(data.y_train), spec.student.batch_size, 1, rng_for(0, "plan"))
+    train = backend.put_dataset(p.data.x_train, p.data.y_train)
+    teacher = backend.build(p.loaded.teacher_arch, p.teacher_weights, seed=p.teacher_seed)
+    student = backend.build(p.loaded.student_arch, p.student_weights, seed=p.student_seed)
+    state = backend.init_train(student, p.student_optimizer, p.loss, teacher)
     return {
         "backend": backend,
         "train": train,
         "teacher": teacher,
         "state": state,
-        "indices": plan.indices[0],
-        "eval_idx": np.arange(spec.measure.eval_batch_size, dtype=np.int32),
+        "indices": p.student_plan.indices[0],
+        "eval_idx": np.arange(p.spec.measure.eval_batch_size, dtype=np.int32),
     }
 
 
@@ -69,11 +58,11 @@ def test_distill_train_step(benchmark: Any, cell: dict[str, Any]) -> None:
     def step() -> None:
         i = box["i"] % len(batches)
         box["state"], loss = backend.train_step(box["state"], cell["train"], batches[i], 1e-4)
-        backend.sync(loss)
+        backend.sync(box["state"], loss)
         box["i"] += 1
 
     benchmark.extra_info["backend"] = backend.name
-    benchmark.extra_info.update(backend.environment())
+    benchmark.extra_info.update(backend.environment().as_dict())
     benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
 
 

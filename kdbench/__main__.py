@@ -1,5 +1,5 @@
 import sys
 
-from kdbench.cli import main
+from kdbench.commands import main
 
 sys.exit(main())

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kdbench.architectures import ARCHITECTURES, Architecture, Layer, resolve
 from kdbench.builtins import builtin_files, find_named
 from kdbench.errors import KdbenchError
+from kdbench.settings import SETTING_NAMES, Settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,8 +29,6 @@ else:  # pragma: no cover
 
 DEFAULT_SPEC = "mnist5k"
 METHODS = ("none", "soft", "hard")
-COMPILE_MODES = ("default", "eager", "compiled")
-PRECISIONS = ("float32", "tf32")
 
 
 class _Strict(BaseModel):
@@ -151,15 +150,16 @@ class DistillSpec(_Strict):
     alpha: float = Field(0.9, ge=0.0, le=1.0)
 
 
-class MeasureSpec(_Strict):
+class MeasureSpec(Settings):
+    """How a cell is measured: the runtime settings (kdbench.settings) and these."""
+
     warmup_steps: int = Field(5, ge=1, le=10_000)
     eval_batch_size: int = Field(1000, gt=0, le=65_536)
     seeds: int = Field(3, ge=1, le=100)
-    compile: Literal["default", "eager", "compiled"] = "default"
-    precision: Literal["float32", "tf32"] = "float32"
-    threads: int = Field(0, ge=0, le=1024, description="0: all cores")
-    deterministic: bool = False
-    device: Literal["auto", "cpu", "gpu"] = "auto"
+
+    def settings(self) -> Settings:
+        """The runtime settings part, as the spec gives it (unresolved)."""
+        return Settings(**{name: getattr(self, name) for name in SETTING_NAMES})
 
 
 class Spec(_Strict):

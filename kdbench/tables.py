@@ -5,6 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from rich.table import Table
 
+from kdbench.records.schema import column
+
 # A matrix's settings label (e.g. "student.epochs=5") splits rows too: cells
 # of one spec name with different settings never share a row.
 GROUP = ["spec.name", "label", "device", "settings.compile_mode", "settings.precision", "backend"]
@@ -23,6 +25,8 @@ COLUMNS: dict[str, tuple[str, float, int, str]] = {
     "phases.distill.warmup_s": ("distill warm-up s", 1.0, 3, "median"),
     "duration_s": ("cell wall s", 1.0, 1, "median"),
 }
+for _name in [*COLUMNS, *GROUP]:
+    column(_name)  # every column is a field of the record schema
 
 
 def _fmt(values: pd.Series, scale: float, decimals: int, how: str) -> str:
@@ -41,17 +45,17 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame()
     frame = frame.copy()
-    for column in GROUP:
-        if column not in frame:
-            frame[column] = "-"
-        frame[column] = frame[column].fillna("-").replace("", "-")
+    for col in GROUP:
+        if col not in frame:
+            frame[col] = "-"
+        frame[col] = frame[col].fillna("-").replace("", "-")
     rows = []
     for keys, group in frame.groupby(GROUP, sort=False):
         ok = group[group["status"] == "ok"]
         row = dict(zip(NAMES, keys, strict=True))
         row["seeds ok"] = f"{len(ok)}/{len(group)}"
-        for column, (header, scale, decimals, how) in COLUMNS.items():
-            row[header] = _fmt(ok[column], scale, decimals, how) if column in ok else "-"
+        for col, (header, scale, decimals, how) in COLUMNS.items():
+            row[header] = _fmt(ok[col], scale, decimals, how) if col in ok else "-"
         failed = group[group["status"] != "ok"]
         if not failed.empty:
             first = failed.iloc[0]
@@ -69,9 +73,9 @@ def rich_table(table: pd.DataFrame, title: str) -> Table:
     caption = ", ".join(f"{c}: {table[c].iloc[0]}" for c in constant if table[c].iloc[0] != "-")
     table = table.drop(columns=constant)
     out = Table(title=title, caption=caption, header_style="bold")
-    for column in table.columns:
-        numeric = column not in KEYS
-        out.add_column(column, justify="right" if numeric else "left")
+    for col in table.columns:
+        numeric = col not in KEYS
+        out.add_column(col, justify="right" if numeric else "left")
     for _, row in table.iterrows():
         out.add_row(*(str(v) for v in row.tolist()))
     return out

@@ -239,14 +239,14 @@ def test_eager_mode_trains_like_jit() -> None:
             )
             out.append(loss)
         losses[mode] = b.to_numpy(out)
-        assert b.environment()["compile_mode"] == ("jax.eager" if mode == "eager" else "jax.jit")
+        assert b.environment().compile_mode == ("jax.eager" if mode == "eager" else "jax.jit")
         if mode == "eager":
             assert state.traces == [4]  # the Python step ran every time: nothing was jitted
     np.testing.assert_allclose(losses["eager"], losses["default"], rtol=1e-5)
 
 
 def test_environment_records_the_flags_in_force(jb) -> None:
-    env = jb.environment()
+    env = jb.environment().as_dict()
     assert set(env) >= ENV_KEYS
     assert env["framework"] == "jax" and env["framework_version"] == jax.__version__
     assert {"jaxlib_version", "flax_version", "optax_version"} <= set(env)
@@ -254,7 +254,7 @@ def test_environment_records_the_flags_in_force(jb) -> None:
     assert env["matmul_precision"] == "highest" and env["tf32_matmul"] is False
     assert env["memory_counter"] is None and jb.peak_memory() is None
     if is_installed("pytorch"):
-        assert set(backend("pytorch").environment()) <= set(env)
+        assert set(backend("pytorch").environment().as_dict()) <= set(env)
 
 
 # Run in a fresh process: the thread pool and XLA_FLAGS are fixed when XLA
@@ -267,7 +267,7 @@ b = JaxBackend()
 b.setup(Settings(threads=int(sys.argv[1]), deterministic=True, precision="tf32"))
 import jax.numpy as jnp
 (jnp.ones((256, 256)) @ jnp.ones((256, 256))).block_until_ready()
-print(json.dumps({"env": b.environment(), "counted": _pool_threads()}))
+print(json.dumps({"env": b.environment().as_dict(), "counted": _pool_threads()}))
 """
 
 

@@ -57,7 +57,7 @@ def test_teacher_is_frozen_and_runs_without_dropout(pt) -> None:
 
 
 def test_environment_records_the_flags_in_force(pt) -> None:
-    env = pt.environment()
+    env = pt.environment().as_dict()
     assert env["framework"] == "torch" and env["framework_version"] == torch.__version__
     assert env["compile_mode"] == "eager" and env["device_kind"] == "cpu"
     assert env["intra_op_threads"] == 2 and env["tf32_matmul"] is False
@@ -88,9 +88,7 @@ def test_compiled_mode_trains_like_eager() -> None:
             )
             out.append(loss)
         losses[mode] = b.to_numpy(out)
-        assert b.environment()["compile_mode"] == (
-            "torch.compile" if mode == "compiled" else "eager"
-        )
+        assert b.environment().compile_mode == ("torch.compile" if mode == "compiled" else "eager")
     np.testing.assert_allclose(losses["compiled"], losses["eager"], rtol=1e-5)
 
 

@@ -227,7 +227,7 @@ def test_soft_loss_is_not_clipped_where_the_teacher_is_confident() -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_every_compile_mode_trains_and_records_itself(mode: str) -> None:
     b = backend_in_mode(mode)
-    assert b.environment()["compile_mode"] == MODE_NAMES[mode]
+    assert b.environment().compile_mode == MODE_NAMES[mode]
     arch = ARCHS["conv-same-stride"]
     x, y = batch(arch, n=32)
     data = b.put_dataset(x, y)
@@ -256,7 +256,7 @@ def test_other_compile_modes_follow_the_pytorch_trajectory(mode: str) -> None:
 
 
 def test_environment_has_the_pytorch_keys_and_the_flags_in_force(tfb) -> None:
-    env = tfb.environment()
+    env = tfb.environment().as_dict()
     keys = {
         "framework", "framework_version", "device", "device_kind", "cuda_version",
         "cudnn_version", "compile_mode", "intra_op_threads", "inter_op_threads",
@@ -264,7 +264,7 @@ def test_environment_has_the_pytorch_keys_and_the_flags_in_force(tfb) -> None:
     }  # fmt: skip
     assert set(env) == keys
     if is_installed("pytorch"):
-        assert set(env) == set(backend("pytorch").environment())
+        assert set(env) == set(backend("pytorch").environment().as_dict())
     assert env["framework"] == "tensorflow" and env["framework_version"] == tf.__version__
     assert env["compile_mode"] == "tf.function"
     assert env["intra_op_threads"] == env["inter_op_threads"] == 2
@@ -304,7 +304,7 @@ def test_setup_applies_threads_tf32_and_determinism_in_a_fresh_process() -> None
         from kdbench.backends.tensorflow.backend import TensorFlowBackend
         b = TensorFlowBackend()
         b.setup(Settings(threads=1, precision="tf32", deterministic=True, compile="compiled"))
-        print(json.dumps(b.environment()))
+        print(json.dumps(b.environment().as_dict()))
         """
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

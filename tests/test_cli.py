@@ -11,6 +11,8 @@ import conftest
 import pytest
 from kdbench.backends.base import is_installed
 
+from kdbench.records import SCHEMA_VERSION
+
 needs_torch = pytest.mark.skipif(not is_installed("pytorch"), reason="torch is not installed")
 
 
@@ -52,7 +54,7 @@ def test_run_writes_records_and_prints_the_table(tmp_path: Path) -> None:
     for seed, line in enumerate(lines):
         rec = json.loads(line)
         assert rec["status"] == "ok" and rec["seed"] == seed and rec["backend"] == "pytorch"
-        assert rec["schema_version"] == 1 and len(rec["spec"]["hash"]) == 16
+        assert rec["schema_version"] == SCHEMA_VERSION == 2 and len(rec["spec"]["hash"]) == 16
         assert rec["framework"] == "torch" and rec["device"] == "cpu"
         for key in ("precision", "compile_mode", "threads", "teacher_batch_size", "seed"):
             assert key in rec["settings"] or key in rec
@@ -136,7 +138,7 @@ def test_bad_command_lines_are_one_line_errors(
 def test_a_backend_that_is_not_installed_is_a_one_line_error(monkeypatch, capsys) -> None:
     import kdbench.backends.base
 
-    from kdbench.cli import main
+    from kdbench.commands import main
 
     monkeypatch.setattr(kdbench.backends.base, "is_installed", lambda name: name != "jax")
     assert main(["run", "--backend", "pytorch,jax"]) == 2

@@ -8,7 +8,6 @@ be, while 2% slower must not.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import subprocess
@@ -22,7 +21,6 @@ import pytest
 from conftest import tiny_spec
 from kdbench.backends.base import is_installed
 
-from kdbench import compare
 from kdbench.compare import (
     FASTER,
     NOT_COMPARABLE,
@@ -32,7 +30,6 @@ from kdbench.compare import (
     Thresholds,
     compare_records,
 )
-from kdbench.errors import KdbenchError
 
 # Realistic step counts (about 470 steady steps per phase, ~0.5 ms each): the
 # tiny 78-step spec of test_cli is too short to tell 20% from noise on a
@@ -46,25 +43,10 @@ Records = list[dict[str, Any]]
 # --- helpers -------------------------------------------------------------------------
 
 
-def _own_main(argv: list[str]) -> int:
-    """What cli.main does, for as long as compare is not wired into it."""
-    parser = argparse.ArgumentParser(prog="kdbench")
-    compare.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except KdbenchError as exc:
-        print(f"kdbench: error: {exc}", file=sys.stderr)
-        return 2
-
-
 def _main() -> Callable[[list[str]], int]:
-    from kdbench import cli
+    from kdbench.commands import main
 
-    for action in cli.build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction) and "compare" in action.choices:
-            return cli.main
-    return _own_main
+    return main
 
 
 def run_compare(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

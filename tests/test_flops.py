@@ -78,10 +78,10 @@ def test_close_to_xla_cost_analysis(name: str) -> None:
 
 @pytest.mark.parametrize("name", backend_params())
 def test_matmul_probe_runs_a_real_product(name: str) -> None:
-    from kdbench.harness import matmul_probe
+    from kdbench.harness.probe import matmul_probe
 
     b = backend(name)
     out = b.to_numpy(b.matmul_probe(64, "float32")())
     assert out.shape == (64, 64) and np.all(np.isfinite(out)) and out.std() > 1.0
     probe = matmul_probe(b, gpu=False)
-    assert probe["n"] == 1024 and probe["flops_per_s"]["float32"] > 1e8
+    assert probe.n == 1024 and probe.flops_per_s["float32"] > 1e8

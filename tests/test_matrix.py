@@ -13,7 +13,7 @@ import pytest
 from conftest import backend_params
 
 from kdbench.errors import KdbenchError
-from kdbench.matrix import builtin_matrices, load_matrix
+from kdbench.runner.matrix import builtin_matrices, load_matrix
 
 MATRIX = """
 name = "m"

@@ -1,6 +1,6 @@
 """The harness-overhead benchmark compares like with like.
 
-The bare loop of each backend (backends/<fw>/bare.py) must do the work of the
+The bare loop of each backend (backends/<fw>/bare.py, Backend.bare_loop) must do the work of the
 harness's distill phase: from the same weights, over the same batches with the
 same learning rates, it must give the same per-step losses as the real
 ``train_phase``. A plan of one step per epoch makes train_phase report every
@@ -15,6 +15,7 @@ from functools import cache
 import numpy as np
 import pytest
 from conftest import backend, backend_params
+from kdbench.backends.base import Environment
 
 from kdbench.plan import BatchPlan
 from kdbench.tools import overhead
@@ -40,16 +41,16 @@ def harness_losses(name: str) -> np.ndarray:
     """The real train_phase's per-step losses over step_plan, from a fresh state."""
     b = bench(name)
     _, stats = overhead.harness_run(b, overhead.harness_state(b), step_plan(b))
-    return np.asarray(stats["loss_epochs"])
+    return np.asarray(stats.loss_epochs)
 
 
 @pytest.mark.parametrize("name", backend_params())
 def test_bare_loop_gives_the_harness_losses_step_by_step(name: str) -> None:
     b = bench(name)
-    bare = overhead.bare_module(name)
+    bare = b.bare
     plan = step_plan(b)
     expected = harness_losses(name)
-    run = overhead.bare_run(b, bare)
+    run = overhead.bare_run(b)
     got = bare.bare_distill_loop(run, plan.indices, overhead.bare_lrs(b, plan))
     assert got.shape == (STEPS,) and got.dtype == np.float64
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
@@ -60,28 +61,26 @@ def test_bare_loop_gives_the_harness_losses_step_by_step(name: str) -> None:
 def test_bare_loop_continues_like_train_phase_on_one_state(name: str) -> None:
     """Warm-up then timed blocks on one state, as the benchmark runs each side."""
     b = bench(name)
-    bare = overhead.bare_module(name)
+    bare = b.bare
     first, second = step_plan(b, steps=2), step_plan(b, start=2, steps=2)
     state, _ = overhead.harness_run(b, overhead.harness_state(b), first)
     _, stats = overhead.harness_run(b, state, second)
-    run = overhead.bare_run(b, bare)
+    run = overhead.bare_run(b)
     bare.bare_distill_loop(run, first.indices, overhead.bare_lrs(b, first))
     got = bare.bare_distill_loop(run, second.indices, overhead.bare_lrs(b, second))
-    np.testing.assert_allclose(got, stats["loss_epochs"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got, stats.loss_epochs, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", backend_params())
 def test_the_loss_check_has_teeth(name: str) -> None:
     """Other learning rates or other batches give other losses than the harness's."""
     b = bench(name)
-    bare = overhead.bare_module(name)
+    bare = b.bare
     plan = step_plan(b)
     expected = harness_losses(name)
     lrs = overhead.bare_lrs(b, plan)
-    other_lr = bare.bare_distill_loop(overhead.bare_run(b, bare), plan.indices, 2 * lrs)
-    other_batches = bare.bare_distill_loop(
-        overhead.bare_run(b, bare), step_plan(b, start=1).indices, lrs
-    )
+    other_lr = bare.bare_distill_loop(overhead.bare_run(b), plan.indices, 2 * lrs)
+    other_batches = bare.bare_distill_loop(overhead.bare_run(b), step_plan(b, start=1).indices, lrs)
     for got in (other_lr, other_batches):
         assert not np.allclose(got[1:], expected[1:], rtol=1e-6, atol=1e-7)
 
@@ -98,15 +97,27 @@ def test_split_plan_warms_up_on_epoch_zero_and_times_whole_epochs() -> None:
 
 
 class _FakeBackend:
-    def environment(self) -> dict[str, str]:
-        return {"framework": "fw", "device": "cpu", "compile_mode": "eager"}
+    def environment(self) -> Environment:
+        return Environment(
+            framework="fw",
+            framework_version="1",
+            device="cpu",
+            device_kind="cpu",
+            compile_mode="eager",
+            intra_op_threads=1,
+            inter_op_threads=1,
+            tf32_matmul=False,
+            tf32_conv=False,
+            deterministic=False,
+            memory_counter=None,
+        )
 
 
 class _FakeSpec:
     name = "mnist5k"
 
 
-class _FakeLoaded:
+class _FakePrepared:
     spec = _FakeSpec()
 
 
@@ -121,7 +132,7 @@ def test_figures_are_paired_medians() -> None:
     pairs = [
         (Timing(1.1 * s, 1.0, losses), Timing(s, 1.0, losses)) for s in (1.0, 2.0, 3.0, 0.5, 1.5)
     ]
-    fake = Bench(_FakeLoaded(), _FakeBackend(), _FakeCell(), *[None] * 10)  # type: ignore[arg-type]
+    fake = Bench(_FakePrepared(), _FakeBackend(), _FakeCell(), None, None, None)  # type: ignore[arg-type]
     r = overhead.summarise("fw", fake, pairs, blocks, elapsed=1.0)
     assert r["ratio"] == pytest.approx(1 / 1.1)
     assert r["overhead"] == pytest.approx(1 - 1 / 1.1)

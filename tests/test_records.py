@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kdbench.errors import KdbenchError
-from kdbench.records import append_record, load_runs, read_records
+from kdbench.records import append_record, load_runs, read_records, upgrade
 from kdbench.tables import summary
 
 
@@ -47,11 +47,11 @@ def record(backend: str, seed: int, acc: float, status: str = "ok") -> dict:
 def test_append_then_load(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     for seed in range(2):
-        append_record(path, record("pytorch", seed, 0.8))
-    append_record(path, record("jax", 0, 0.8, status="failed"))
+        append_record(path, upgrade(record("pytorch", seed, 0.8)))
+    append_record(path, upgrade(record("jax", 0, 0.8, status="failed")))
     rows = read_records(path)
-    assert [r["seed"] for r in rows] == [0, 1, 0]
-    assert rows[0]["phases"]["distill"]["loss_step0"] is None  # NaN is stored as null
+    assert [r.seed for r in rows] == [0, 1, 0]
+    assert rows[0].phases["distill"].loss_step0 is None  # NaN is stored as null
     frame = load_runs([tmp_path])
     assert len(frame) == 3 and "metrics.scratch_acc" in frame
     assert "phases.distill.step_times_s" not in frame  # raw samples only on request
@@ -64,14 +64,14 @@ def test_append_then_load(tmp_path: Path) -> None:
 
 def test_a_torn_last_line_keeps_every_complete_record(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
-    append_record(path, record("pytorch", 0, 0.8))
-    append_record(path, record("pytorch", 1, 0.8))
+    append_record(path, upgrade(record("pytorch", 0, 0.8)))
+    append_record(path, upgrade(record("pytorch", 1, 0.8)))
     with open(path, "a") as fh:
         fh.write(json.dumps(record("pytorch", 2, 0.8))[:40])
     before = path.read_bytes()
     with pytest.warns(UserWarning, match="line 3 is incomplete"):
         rows = read_records(path)
-    assert [r["seed"] for r in rows] == [0, 1]
+    assert [r.seed for r in rows] == [0, 1]
     assert path.read_bytes() == before  # reading never rewrites the file
 
 
@@ -90,7 +90,7 @@ def test_loading_a_folder_without_results_says_what_to_give(tmp_path: Path) -> N
 def test_cells_with_different_matrix_settings_never_share_a_row(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     for label, acc in (("distill.temperature=2.0", 0.8), ("distill.temperature=8.0", 0.6)):
-        append_record(path, {**record("pytorch", 0, acc), "label": label})
+        append_record(path, upgrade({**record("pytorch", 0, acc), "label": label}))
     table = summary(load_runs([tmp_path])).set_index("settings")
     assert table.loc["distill.temperature=2.0", "scratch acc %"] == "80.00"
     assert table.loc["distill.temperature=8.0", "scratch acc %"] == "60.00"

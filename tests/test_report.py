@@ -7,7 +7,6 @@ table: t(0.975, 1) = 12.7062, t(0.975, 2) = 4.3027).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -24,9 +23,10 @@ from conftest import tiny_spec
 from kdbench.backends.base import is_installed
 
 from kdbench.errors import KdbenchError
-from kdbench.report import FORMATS, add_parser, parse_formats, write_report
-from kdbench.report.aggregate import build, describe, format_stat
+from kdbench.report import FORMATS, parse_formats, write_report
+from kdbench.report.aggregate import build
 from kdbench.report.plots import _steady_times
+from kdbench.report.quantities import describe, format_stat
 
 MIB = 1024**2
 H100 = "NVIDIA H100 80GB HBM3"
@@ -489,30 +489,11 @@ def test_step_time_plot_leaves_out_warmup() -> None:
 # --- the command line and its folder rules ------------------------------------------
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-
-
 def kdbench(*argv: str) -> int:
-    """`kdbench ARGV` in this process: the real CLI once it registers `report`,
-    until then the CLI's parser with the subcommand added here."""
-    from kdbench import cli
+    """`kdbench ARGV` in this process."""
+    from kdbench.commands import main
 
-    parser = cli.build_parser()
-    if "report" in _subparsers(parser).choices:
-        return cli.main(list(argv))
-    add_parser(_subparsers(parser))
-    return _main(parser, argv)
-
-
-def _main(parser: argparse.ArgumentParser, argv: tuple[str, ...]) -> int:
-    """What cli.main does with a user error: one line, status 2."""
-    try:
-        args = parser.parse_args(list(argv))
-        return args.func(args)
-    except KdbenchError as exc:
-        print(f"kdbench: error: {exc}", file=sys.stderr)
-        return 2
+    return main(list(argv))
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:

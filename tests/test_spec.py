@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kdbench.cli import main
+from kdbench.commands import main
 from kdbench.errors import KdbenchError
 from kdbench.spec import builtin_specs, load_spec
 

@@ -30,7 +30,14 @@ import jaxlib  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax._src import xla_bridge  # noqa: E402 - backends_are_initialized has no public name
-from kdbench.backends.base import Backend, LossConfig, Settings, Weights  # noqa: E402
+from kdbench.backends.base import (  # noqa: E402
+    Backend,
+    BareLoop,
+    Environment,
+    LossConfig,
+    Settings,
+    Weights,
+)
 from kdbench.backends.jax.losses import distill_loss  # noqa: E402
 from kdbench.backends.jax.model import (  # noqa: E402
     Net,
@@ -142,6 +149,17 @@ def make_train_step(
     return step
 
 
+def _arrays(handle: Any) -> Any:
+    """The device arrays behind one of this backend's handles (a pytree)."""
+    if isinstance(handle, JaxState):
+        return handle.carry
+    if isinstance(handle, JaxModel):
+        return handle.params
+    if isinstance(handle, JaxData):
+        return (handle.x, handle.y)
+    return handle
+
+
 def _pool_threads() -> int | None:
     """Threads of XLA:CPU's intra-op pool in this process, counted in /proc."""
     try:
@@ -186,13 +204,11 @@ class JaxBackend(Backend):
     name = "jax"
 
     def __init__(self) -> None:
-        self.settings = Settings()
+        super().__init__()
         self._device: jax.Device | None = None  # asking now would create XLA's clients
         self.flags_before_init = False  # whether setup ran before XLA created its clients
-        self._pending: Any = None  # the last outputs handed out, for sync()
 
-    def setup(self, settings: Settings) -> None:
-        self.settings = settings
+    def apply_settings(self, settings: Settings) -> None:
         # Env vars only act if they are set before JAX creates its clients;
         # each cell is a fresh process, so in a benchmark they always are.
         self.flags_before_init = not xla_bridge.backends_are_initialized()
@@ -240,7 +256,7 @@ class JaxBackend(Backend):
         except Exception:  # noqa: BLE001 - some platforms raise instead of returning None
             return None
 
-    def environment(self) -> dict[str, Any]:
+    def environment(self) -> Environment:
         gpu = self.device.platform == "gpu"
         cuda, cudnn = _cuda_versions() if gpu else (None, None)
         precision = jax.config.jax_default_matmul_precision
@@ -249,42 +265,49 @@ class JaxBackend(Backend):
         stats = self._memory_stats()
         has_peak = bool(stats) and "peak_bytes_in_use" in stats
         flags = os.environ.get("XLA_FLAGS", "")
-        return {
-            "framework": "jax",
-            "framework_version": jax.__version__,
-            "jaxlib_version": jaxlib.__version__,
-            "flax_version": flax.__version__,
-            "optax_version": optax.__version__,
-            "flax_api": "linen",
-            "device": self.device.device_kind if gpu else "cpu",
-            "device_kind": "gpu" if gpu else "cpu",
-            "cuda_version": cuda,
-            "cudnn_version": cudnn,
-            "compile_mode": self.compile_mode,
-            "intra_op_threads": counted if counted is not None else _default_pool_size(),
-            "inter_op_threads": None,
-            "threads_knob": f"{THREADS_ENV}={os.environ.get(THREADS_ENV)}",
-            "threads_note": (
-                "XLA:CPU has one intra-op pool, sized by PJRT_NPROC when the client is "
-                "created; independent ops share it, there is no separate inter-op pool"
-                + ("" if self.flags_before_init else "; setup ran after the client existed")
-            ),
-            "matmul_precision": precision,
-            "tf32_matmul": tf32,
-            "tf32_conv": tf32,  # flax convs follow the same default precision
-            "deterministic": self.flags_before_init and DETERMINISTIC_FLAG in flags.split(),
-            "deterministic_note": None
-            if gpu
-            else "XLA:CPU has no nondeterministic-ops switch; the flag only acts on GPU",
-            "xla_flags": flags,
-            # None: every cell compiles from scratch, so warm-up times are comparable.
-            "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
-            "memory_counter": (
+        return Environment(
+            framework="jax",
+            framework_version=jax.__version__,
+            device=self.device.device_kind if gpu else "cpu",
+            device_kind="gpu" if gpu else "cpu",
+            cuda_version=cuda,
+            cudnn_version=cudnn,
+            compile_mode=self.compile_mode,
+            intra_op_threads=counted if counted is not None else _default_pool_size(),
+            inter_op_threads=None,
+            tf32_matmul=tf32,
+            tf32_conv=tf32,  # flax convs follow the same default precision
+            deterministic=self.flags_before_init and DETERMINISTIC_FLAG in flags.split(),
+            memory_counter=(
                 "memory_stats()['peak_bytes_in_use'] (process high-water mark; JAX cannot reset it)"
             )
             if has_peak
             else None,
-        }
+            extra={
+                "jaxlib_version": jaxlib.__version__,
+                "flax_version": flax.__version__,
+                "optax_version": optax.__version__,
+                "flax_api": "linen",
+                "threads_knob": f"{THREADS_ENV}={os.environ.get(THREADS_ENV)}",
+                "threads_note": (
+                    "XLA:CPU has one intra-op pool, sized by PJRT_NPROC when the client is "
+                    "created; independent ops share it, there is no separate inter-op pool"
+                    + ("" if self.flags_before_init else "; setup ran after the client existed")
+                ),
+                "matmul_precision": precision,
+                "deterministic_note": None
+                if gpu
+                else "XLA:CPU has no nondeterministic-ops switch; the flag only acts on GPU",
+                "xla_flags": flags,
+                # None: every cell compiles from scratch, so warm-up times are comparable.
+                "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
+            },
+        )
+
+    def bare_loop(self) -> BareLoop:
+        from kdbench.backends.jax import bare
+
+        return bare
 
     def put_dataset(self, x: np.ndarray, y: np.ndarray) -> JaxData:
         return JaxData(
@@ -377,24 +400,24 @@ class JaxBackend(Backend):
             state.carry, data.x, data.y, indices, np.float32(lr), state.model.key, teacher_params
         )
         state.model.params = state.carry.params  # the old buffers were donated
-        self._pending = state.carry
         return state, loss
 
     def trained_model(self, state: JaxState) -> JaxModel:
         return state.model
 
     def predict(self, model: JaxModel, data: JaxData, indices: np.ndarray) -> jax.Array:
-        out = self._eval(model, data.x, indices)
-        self._pending = out
-        return out
+        return self._eval(model, data.x, indices)
 
     def to_numpy(self, handle: Any) -> np.ndarray:
         if isinstance(handle, list | tuple):
             return np.stack(jax.device_get(list(handle)))
         return np.asarray(jax.device_get(handle))
 
-    def sync(self, handle: Any = None) -> None:
-        jax.block_until_ready((handle, self._pending))
+    def sync(self, *handles: Any) -> None:
+        # JAX dispatches asynchronously and has no "wait for the device": wait
+        # for the arrays behind each handle (a state's whole carry, not just
+        # its loss, so the update is done too).
+        jax.block_until_ready([_arrays(h) for h in handles])
 
     def matmul_probe(self, n: int, dtype: str) -> Callable[[], jax.Array]:
         kind = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
@@ -402,12 +425,7 @@ class JaxBackend(Backend):
         a = jax.device_put(rng.standard_normal((n, n), dtype=np.float32), self.device).astype(kind)
         b = jax.device_put(rng.standard_normal((n, n), dtype=np.float32), self.device).astype(kind)
         matmul = jax.jit(jnp.matmul)
-
-        def run() -> jax.Array:
-            self._pending = matmul(a, b)
-            return self._pending
-
-        return run
+        return lambda: matmul(a, b)
 
     def reset_peak_memory(self) -> None:
         # JAX has no reset of its high-water mark; peak_memory says so.

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from kdbench.backends.base import Backend, LossConfig, Settings, Weights
+from kdbench.backends.base import Backend, BareLoop, Environment, LossConfig, Settings, Weights
 from kdbench.backends.pytorch.losses import distill_loss
 from kdbench.backends.pytorch.model import build_module, load_weights, read_grads, read_weights
 from kdbench.backends.pytorch.optim import make_optimizer, set_lr
@@ -43,15 +43,18 @@ class PyTorchBackend(Backend):
     name = "pytorch"
 
     def __init__(self) -> None:
-        self.settings = Settings()
-        self.device = torch.device("cpu")
+        super().__init__()
+        self._device = torch.device("cpu")
 
-    def setup(self, settings: Settings) -> None:
-        self.settings = settings
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def apply_settings(self, settings: Settings) -> None:
         if settings.device == "gpu" and not torch.cuda.is_available():
             raise RuntimeError("device 'gpu' was asked for but torch sees no CUDA device")
         use_cuda = settings.device != "cpu" and torch.cuda.is_available()
-        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self._device = torch.device("cuda" if use_cuda else "cpu")
         torch.set_num_threads(settings.threads)
         # Settable once per process; a second setup keeps what is in force.
         with contextlib.suppress(RuntimeError):
@@ -69,23 +72,28 @@ class PyTorchBackend(Backend):
     def compile_mode(self) -> str:
         return "torch.compile" if self.settings.compile == "compiled" else "eager"
 
-    def environment(self) -> dict[str, Any]:
+    def environment(self) -> Environment:
         cuda = self.device.type == "cuda"
-        return {
-            "framework": "torch",
-            "framework_version": torch.__version__,
-            "device": torch.cuda.get_device_name(self.device) if cuda else "cpu",
-            "device_kind": "gpu" if cuda else "cpu",
-            "cuda_version": torch.version.cuda if cuda else None,
-            "cudnn_version": torch.backends.cudnn.version() if cuda else None,
-            "compile_mode": self.compile_mode,
-            "intra_op_threads": torch.get_num_threads(),
-            "inter_op_threads": torch.get_num_interop_threads(),
-            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
-            "tf32_conv": bool(torch.backends.cudnn.allow_tf32),
-            "deterministic": torch.are_deterministic_algorithms_enabled(),
-            "memory_counter": "torch.cuda.max_memory_allocated" if cuda else None,
-        }
+        return Environment(
+            framework="torch",
+            framework_version=torch.__version__,
+            device=torch.cuda.get_device_name(self.device) if cuda else "cpu",
+            device_kind="gpu" if cuda else "cpu",
+            cuda_version=torch.version.cuda if cuda else None,
+            cudnn_version=torch.backends.cudnn.version() if cuda else None,
+            compile_mode=self.compile_mode,
+            intra_op_threads=torch.get_num_threads(),
+            inter_op_threads=torch.get_num_interop_threads(),
+            tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32),
+            tf32_conv=bool(torch.backends.cudnn.allow_tf32),
+            deterministic=torch.are_deterministic_algorithms_enabled(),
+            memory_counter="torch.cuda.max_memory_allocated" if cuda else None,
+        )
+
+    def bare_loop(self) -> BareLoop:
+        from kdbench.backends.pytorch import bare
+
+        return bare
 
     def put_dataset(self, x: np.ndarray, y: np.ndarray) -> TorchData:
         x_nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
@@ -182,7 +190,8 @@ class PyTorchBackend(Backend):
             return torch.stack(list(handle)).cpu().numpy()
         return handle.detach().cpu().numpy()
 
-    def sync(self, handle: Any = None) -> None:
+    def sync(self, *handles: Any) -> None:
+        # Eager CPU ops have finished when they return; CUDA queues them.
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 

@@ -20,7 +20,8 @@ def distill_loss(
     ce = F.cross_entropy(student, labels)
     if config.method == "none":
         return ce
-    assert teacher is not None, f"method {config.method!r} needs teacher logits"
+    if teacher is None:
+        raise ValueError(f"method {config.method!r} needs teacher logits")
     if config.method == "soft":
         t = config.temperature
         kl = F.kl_div(

@@ -22,7 +22,14 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from kdbench.backends.base import Backend, LossConfig, Settings, Weights  # noqa: E402
+from kdbench.backends.base import (  # noqa: E402
+    Backend,
+    BareLoop,
+    Environment,
+    LossConfig,
+    Settings,
+    Weights,
+)
 from kdbench.backends.tensorflow.losses import distill_loss  # noqa: E402
 from kdbench.backends.tensorflow.model import (  # noqa: E402
     TFModule,
@@ -102,12 +109,15 @@ class TensorFlowBackend(Backend):
     name = "tensorflow"
 
     def __init__(self) -> None:
-        self.settings = Settings()
+        super().__init__()
         self.gpu = False
-        self.device = "/CPU:0"
+        self._device = "/CPU:0"
 
-    def setup(self, settings: Settings) -> None:
-        self.settings = settings
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def apply_settings(self, settings: Settings) -> None:
         gpus = tf.config.list_physical_devices("GPU")
         if settings.device == "gpu" and not gpus:
             raise RuntimeError("device 'gpu' was asked for but tensorflow sees no GPU")
@@ -120,7 +130,7 @@ class TensorFlowBackend(Backend):
             with contextlib.suppress(RuntimeError):
                 tf.config.set_visible_devices([], "GPU")
         self.gpu = settings.device != "cpu" and bool(gpus)
-        self.device = "/GPU:0" if self.gpu else "/CPU:0"
+        self._device = "/GPU:0" if self.gpu else "/CPU:0"
         # Same number for both pools, as the PyTorch backend does.
         try:
             tf.config.threading.set_intra_op_parallelism_threads(settings.threads)
@@ -135,7 +145,7 @@ class TensorFlowBackend(Backend):
     def compile_mode(self) -> str:
         return COMPILE_MODES[self.settings.compile]
 
-    def environment(self) -> dict[str, Any]:
+    def environment(self) -> Environment:
         gpu = self.gpu
         build = tf.sysconfig.get_build_info() if gpu else {}
         device = "cpu"
@@ -145,21 +155,26 @@ class TensorFlowBackend(Backend):
             )
             device = details.get("device_name", "gpu")
         tf32 = bool(tf.config.experimental.tensor_float_32_execution_enabled())
-        return {
-            "framework": "tensorflow",
-            "framework_version": tf.__version__,
-            "device": device,
-            "device_kind": "gpu" if gpu else "cpu",
-            "cuda_version": build.get("cuda_version") if gpu else None,
-            "cudnn_version": build.get("cudnn_version") if gpu else None,
-            "compile_mode": self.compile_mode,
-            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-            "tf32_matmul": tf32,
-            "tf32_conv": tf32,  # one TF flag governs both
-            "deterministic": _op_determinism_enabled(),
-            "memory_counter": "tf.config.experimental.get_memory_info['peak']" if gpu else None,
-        }
+        return Environment(
+            framework="tensorflow",
+            framework_version=tf.__version__,
+            device=device,
+            device_kind="gpu" if gpu else "cpu",
+            cuda_version=build.get("cuda_version") if gpu else None,
+            cudnn_version=build.get("cudnn_version") if gpu else None,
+            compile_mode=self.compile_mode,
+            intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+            inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
+            tf32_matmul=tf32,
+            tf32_conv=tf32,  # one TF flag governs both
+            deterministic=_op_determinism_enabled(),
+            memory_counter="tf.config.experimental.get_memory_info['peak']" if gpu else None,
+        )
+
+    def bare_loop(self) -> BareLoop:
+        from kdbench.backends.tensorflow import bare
+
+        return bare
 
     def _compile(self, fn: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
         """fn as the settings ask: traced, traced and XLA-compiled, or eager."""
@@ -263,7 +278,8 @@ class TensorFlowBackend(Backend):
     def train_step(
         self, state: TFState, data: TFData, indices: np.ndarray, lr: float
     ) -> tuple[TFState, tf.Tensor]:
-        assert state.call is not None
+        if state.call is None:
+            raise RuntimeError("train_step needs a state made by init_train")
         with tf.device(self.device):
             loss = state.call(data.x, data.y, tf.constant(indices, tf.int32), learning_rate(lr))
         return state, loss
@@ -292,7 +308,7 @@ class TensorFlowBackend(Backend):
             return tf.stack(list(handle)).numpy()
         return handle.numpy()
 
-    def sync(self, handle: Any = None) -> None:
+    def sync(self, *handles: Any) -> None:
         # On CPU with TF's default synchronous executor a call returns only when
         # its kernels have run; GPU kernels run on streams and need a real sync.
         if self.gpu or not tf.config.experimental.get_synchronous_execution():

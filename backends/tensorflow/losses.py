@@ -33,7 +33,8 @@ def distill_loss(
     ce = cross_entropy(student, labels)
     if config.method == "none":
         return ce
-    assert teacher is not None, f"method {config.method!r} needs teacher logits"
+    if teacher is None:
+        raise ValueError(f"method {config.method!r} needs teacher logits")
     teacher = tf.stop_gradient(teacher)  # frozen, whatever the caller's tape watches
     if config.method == "soft":
         t = config.temperature

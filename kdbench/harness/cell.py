@@ -1,19 +1,14 @@
-"""The pipeline of one cell: teacher, scratch student, distilled student.
+"""One cell: prepare, train the teacher, train both students, evaluate.
 
-The harness owns the loop and the clock. Every step is timed the same way
-for every backend: the clock starts, the backend runs one step, the device is
-synchronised, the clock stops. The first warm-up steps of each phase (which
-include compilation) are reported apart from the steady state.
+Both students start from the same weights and see the same batches; the
+scratch student learns from the labels alone, the distilled one from the
+frozen teacher too. Accuracies are measured on the test split after the last
+epoch (never the best epoch), and on the validation split for tuning.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import resource
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,238 +16,147 @@ from typing import Any
 import numpy as np
 import psutil
 
-from kdbench.backends.base import Backend, LossConfig, Settings, Weights, get_backend
-from kdbench.datasets import Dataset, load_dataset
-from kdbench.flops import forward_flops, phase_flops_per_step
-from kdbench.initial_weights import init_weights
-from kdbench.plan import BatchPlan, learning_rates, make_plan, rng_for
-from kdbench.spec import LoadedSpec, NetSpec, Spec
+from kdbench.backends.base import Backend, Environment, LossConfig, Settings, get_backend
+from kdbench.harness.phases import Cell, Emit, eval_phase, no_emit, predict_all, train_phase
+from kdbench.harness.prepare import PreparedCell, prepare_cell
+from kdbench.harness.probe import matmul_probe
+from kdbench.harness.teacher_cache import load_cached_teacher, save_cached_teacher, teacher_key
+from kdbench.harness.timing import host_peak_rss
+from kdbench.records.schema import DataInfo, Memory, Metrics, Phase, Probe, Timings
+from kdbench.spec import LoadedSpec
 
-Emit = Callable[[dict[str, Any]], None]
-
-
-def _no_emit(event: dict[str, Any]) -> None:
-    pass
-
-
-def step_stats(times: np.ndarray, warmup: int, batch_size: int) -> dict[str, Any]:
-    """Warm-up apart; median, IQR and p90 of the steady-state steps."""
-    warm = times[:warmup]
-    steady = times[warmup:] if len(times) > warmup else times[-1:]
-    median = float(np.median(steady))
-    q25, q75, p90 = (float(v) for v in np.percentile(steady, [25, 75, 90]))
-    return {
-        "warmup_steps": int(len(warm)),
-        "warmup_s": float(warm.sum()),
-        "first_step_s": float(times[0]),
-        "steady_steps": int(len(steady)),
-        "step_time_median_s": median,
-        "step_time_iqr_s": q75 - q25,
-        "step_time_p90_s": p90,
-        "step_time_mean_s": float(steady.mean()),
-        "throughput_samples_per_s": batch_size / median,
-    }
-
-
-def host_peak_rss() -> int:
-    """The process's resident-set high-water mark (Linux reports KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+MODELS = ("teacher", "scratch", "distilled")
 
 
 @dataclass
-class Cell:
-    """Everything one (spec, backend, seed) needs, built once."""
+class CellResult:
+    """The measured part of a cell's record."""
 
-    loaded: LoadedSpec
-    backend: Backend
-    seed: int
-    data: Dataset
-    warmup: int
-    emit: Emit = _no_emit
-    peak_flops: float | None = None
-
-
-def efficiency(cell: Cell, flops: int, median_step_s: float) -> dict[str, Any]:
-    """Analytic FLOPs per step and the rate the median steady step achieved."""
-    achieved = flops / median_step_s
-    peak = cell.peak_flops
-    return {
-        "flops_per_step": flops,
-        "achieved_flops_per_s": achieved,
-        "fraction_of_peak": achieved / peak if peak else None,
-    }
+    environment: Environment
+    metrics: Metrics
+    phases: dict[str, Phase]
+    timings: Timings
+    probe: Probe
+    data: DataInfo
+    memory: Memory
 
 
-def train_phase(
-    cell: Cell, phase: str, net: NetSpec, state: Any, data: Any, plan: BatchPlan
-) -> tuple[Any, dict[str, Any]]:
-    """Train through the whole plan, timing every step from dispatch to sync."""
-    backend = cell.backend
-    lrs = learning_rates(net, plan)
-    times = np.empty(plan.total_steps)
-    epoch_losses: list[float] = []
-    loss0 = float("nan")
-    backend.reset_peak_memory()
-    started = time.perf_counter()
-    step = 0
-    for epoch in range(plan.epochs):
-        handles = []
-        for batch in range(plan.steps_per_epoch):
-            t0 = time.perf_counter()
-            state, loss = backend.train_step(state, data, plan.indices[epoch, batch], lrs[step])
-            backend.sync(loss)
-            times[step] = time.perf_counter() - t0
-            handles.append(loss)
-            step += 1
-        losses = backend.to_numpy(handles).astype(np.float64)
-        if epoch == 0:
-            loss0 = float(losses[0])
-        epoch_losses.append(float(losses.mean()))
-        cell.emit({"phase": phase, "epoch": epoch + 1, "epochs": plan.epochs})
-    wall = time.perf_counter() - started
-    if not np.all(np.isfinite(epoch_losses)):
-        raise FloatingPointError(f"{phase}: the training loss is not finite: {epoch_losses}")
-    timing = step_stats(times, cell.warmup, plan.batch_size)
-    flops = phase_flops_per_step(
-        phase, cell.loaded.teacher_arch, cell.loaded.student_arch, plan.batch_size
+@dataclass
+class Splits:
+    """The splits on the device; no validation split when the spec asks for none."""
+
+    train: Any
+    test: Any
+    val: Any | None
+
+
+def put_splits(cell: Cell) -> Splits:
+    data, backend = cell.prepared.data, cell.backend
+    splits = Splits(
+        train=backend.put_dataset(data.x_train, data.y_train),
+        test=backend.put_dataset(data.x_test, data.y_test),
+        val=backend.put_dataset(data.x_val, data.y_val) if len(data.y_val) else None,
     )
-    stats = {
-        "steps": plan.total_steps,
-        "samples": plan.total_steps * plan.batch_size,
-        "epochs": plan.epochs,
-        "batch_size": plan.batch_size,
-        "wall_s": wall,
-        "loss_step0": loss0,
-        "loss_epochs": epoch_losses,
-        **timing,
-        **efficiency(cell, flops, timing["step_time_median_s"]),
-        "device_peak_bytes": backend.peak_memory(),
-        "host_peak_rss_bytes": host_peak_rss(),
-        "step_times_s": [round(float(t), 9) for t in times],
-    }
-    return state, stats
+    backend.sync(*(s for s in (splits.train, splits.test, splits.val) if s is not None))
+    return splits
 
 
-def predict_all(
-    cell: Cell, model: Any, data: Any, n: int, batch: int
-) -> tuple[np.ndarray, list[float]]:
-    """Logits for a whole split, batch by batch, and each batch's synced time."""
-    backend = cell.backend
-    logits, times = [], []
-    for start in range(0, n, batch):
-        idx = np.arange(start, min(start + batch, n), dtype=np.int32)
-        t0 = time.perf_counter()
-        out = backend.predict(model, data, idx)
-        backend.sync(out)
-        times.append(time.perf_counter() - t0)
-        logits.append(backend.to_numpy(out))
-    return np.concatenate(logits), times
+def train_teacher(
+    cell: Cell, train: Any, settings: Settings, cache: Path | None
+) -> tuple[Any, Phase, bool]:
+    """The trained teacher, its phase, and whether it came from the cache."""
+    p, backend = cell.prepared, cell.backend
+    key = teacher_key(p.loaded, backend.name, p.seed, settings)
+    cached = load_cached_teacher(cache, key) if cache else None
+    if cached is not None:
+        # Trained by an earlier cell with the same teacher; its phase record
+        # (timings included) is that cell's, marked as such.
+        cell.emit({"phase": "teacher", "cached": True})
+        teacher = backend.build(p.loaded.teacher_arch, cached[0], seed=p.teacher_seed)
+        return teacher, cached[1].model_copy(update={"from_cache": True}), True
+    teacher = backend.build(p.loaded.teacher_arch, p.teacher_weights, seed=p.teacher_seed)
+    state = backend.init_train(teacher, p.teacher_optimizer, LossConfig("none"))
+    state, phase = train_phase(cell, "teacher", p.spec.teacher, state, train, p.teacher_plan)
+    teacher = backend.trained_model(state)
+    if cache is not None:
+        save_cached_teacher(cache, key, backend.get_weights(teacher), phase)
+    return teacher, phase.model_copy(update={"from_cache": False}), False
 
 
-def teacher_key(loaded: LoadedSpec, backend: str, seed: int, settings: Settings) -> str:
-    """What determines a trained teacher: its data, its network and training,
-    the seed, the backend and the settings that change numerics (not threads)."""
-    spec = loaded.spec
-    content = {
-        "data": spec.data.model_dump(mode="json"),
-        "teacher": spec.teacher.model_dump(mode="json"),
-        "warmup": spec.measure.warmup_steps,
-        "backend": backend,
-        "seed": seed,
-        "settings": {k: v for k, v in settings.as_dict().items() if k != "threads"},
-    }
-    text = json.dumps(content, sort_keys=True)
-    return f"{backend}-seed{seed}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+def train_students(cell: Cell, train: Any, teacher: Any) -> tuple[Any, Any, dict[str, Phase]]:
+    """The scratch student (labels only) and the distilled one, from the same start."""
+    p, backend = cell.prepared, cell.backend
+    arch, net = p.loaded.student_arch, p.spec.student
+    scratch = backend.build(arch, p.student_weights, seed=p.scratch_seed)
+    state = backend.init_train(scratch, p.student_optimizer, LossConfig("none"))
+    state, scratch_phase = train_phase(cell, "scratch", net, state, train, p.student_plan)
+    scratch = backend.trained_model(state)
 
-
-def load_cached_teacher(cache: Path, key: str) -> tuple[Weights, dict[str, Any]] | None:
-    weights_file, stats_file = cache / f"{key}.npz", cache / f"{key}.json"
-    if not (weights_file.is_file() and stats_file.is_file()):
-        return None
-    with np.load(weights_file) as data:
-        weights = {name: data[name] for name in data.files}
-    return weights, json.loads(stats_file.read_text())
-
-
-def save_cached_teacher(cache: Path, key: str, weights: Weights, stats: dict[str, Any]) -> None:
-    """Weights first, stats last: a teacher counts as cached once both exist."""
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f"{key}.tmp.npz"
-    np.savez(tmp, **weights)
-    os.replace(tmp, cache / f"{key}.npz")
-    tmp_json = cache / f"{key}.json.tmp"
-    tmp_json.write_text(json.dumps(stats))
-    os.replace(tmp_json, cache / f"{key}.json")
-
-
-EVAL_REPEATS = 10
-PROBE_REPEATS = 10
-
-
-def matmul_probe(backend: Backend, gpu: bool) -> dict[str, Any]:
-    """The matrix-multiply rate this framework reaches here, under the precision
-    policy in force: float32 always, bfloat16 too on GPUs. The median of
-    PROBE_REPEATS synchronised products after two warm-ups."""
-    n = 4096 if gpu else 1024
-    rates: dict[str, float] = {}
-    started = time.perf_counter()
-    for dtype in ("float32", "bfloat16") if gpu else ("float32",):
-        run = backend.matmul_probe(n, dtype)
-        for _ in range(2):
-            backend.sync(run())
-        times = []
-        for _ in range(PROBE_REPEATS):
-            t0 = time.perf_counter()
-            backend.sync(run())
-            times.append(time.perf_counter() - t0)
-        rates[dtype] = 2 * n**3 / float(np.median(times))
-    return {
-        "n": n,
-        "repeats": PROBE_REPEATS,
-        "flops_per_s": rates,
-        "wall_s": time.perf_counter() - started,
-    }
-
-
-def eval_phase(cell: Cell, model: Any, arch: Any, data: Any, batch: int) -> dict[str, Any]:
-    """Inference speed: one warm-up batch, then EVAL_REPEATS timed batches.
-
-    Accuracy comes from predict_all over the whole split; this times a fixed
-    full batch so every framework runs one static shape.
-    """
-    backend = cell.backend
-    idx = np.arange(batch, dtype=np.int32)
-    backend.reset_peak_memory()
-    times = []
-    for _ in range(1 + EVAL_REPEATS):
-        t0 = time.perf_counter()
-        out = backend.predict(model, data, idx)
-        backend.sync(out)
-        times.append(time.perf_counter() - t0)
-    timing = step_stats(np.array(times), 1, batch)
-    return {
-        "batch_size": batch,
-        **timing,
-        **efficiency(cell, forward_flops(arch) * batch, timing["step_time_median_s"]),
-        "device_peak_bytes": backend.peak_memory(),
-        "step_times_s": [round(t, 9) for t in times],
-    }
-
-
-def load_spec_data(spec: Spec, seed: int, data_dir: str | None = None) -> Dataset:
-    """The spec's dataset, split and normalised for this seed."""
-    d = spec.data
-    return load_dataset(
-        d.dataset,
-        seed=seed,
-        path=data_dir or d.path,
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-        train_limit=d.train_limit,
-        synthetic_samples=d.samples or 2048,
-        synthetic_shape=tuple(d.shape) if d.shape else (28, 28, 1),
-        synthetic_classes=d.classes or 10,
+    student = backend.build(arch, p.student_weights, seed=p.student_seed)
+    state = backend.init_train(student, p.student_optimizer, p.loss, teacher=teacher)
+    state, distill_phase = train_phase(cell, "distill", net, state, train, p.student_plan)
+    return (
+        scratch,
+        backend.trained_model(state),
+        {"scratch": scratch_phase, "distill": distill_phase},
     )
+
+
+def accuracy_metrics(
+    test_preds: dict[str, np.ndarray],
+    y_test: np.ndarray,
+    val_preds: dict[str, np.ndarray] | None,
+    y_val: np.ndarray,
+) -> Metrics:
+    """Accuracies, gain and agreements from the predicted classes of each model."""
+    acc = {name: float(np.mean(p == y_test)) for name, p in test_preds.items()}
+    val = {name: float(np.mean(p == y_val)) for name, p in (val_preds or {}).items()}
+    return Metrics(
+        teacher_acc=acc["teacher"],
+        scratch_acc=acc["scratch"],
+        distilled_acc=acc["distilled"],
+        gain=acc["distilled"] - acc["scratch"],
+        agreement=float(np.mean(test_preds["teacher"] == test_preds["distilled"])),
+        agreement_scratch=float(np.mean(test_preds["teacher"] == test_preds["scratch"])),
+        teacher_val_acc=val.get("teacher"),
+        scratch_val_acc=val.get("scratch"),
+        distilled_val_acc=val.get("distilled"),
+    )
+
+
+def evaluate(
+    cell: Cell, splits: Splits, models: dict[str, Any]
+) -> tuple[Metrics, dict[str, Phase]]:
+    """Accuracy of every model on the test (and validation) split, and timed inference."""
+    p = cell.prepared
+    data, batch = p.data, p.spec.measure.eval_batch_size
+    cell.emit({"phase": "eval"})
+
+    def classes(model: Any, split: Any, n: int) -> np.ndarray:
+        return predict_all(cell, model, split, n, batch)[0].argmax(axis=-1)
+
+    test_preds = {name: classes(models[name], splits.test, len(data.y_test)) for name in MODELS}
+    val_preds = None
+    if splits.val is not None:
+        val_preds = {name: classes(models[name], splits.val, len(data.y_val)) for name in MODELS}
+    eval_batch = min(batch, len(data.y_test))
+    phases = {
+        "eval_teacher": eval_phase(
+            cell, models["teacher"], p.loaded.teacher_arch, splits.test, eval_batch
+        ),
+        "eval_student": eval_phase(
+            cell, models["distilled"], p.loaded.student_arch, splits.test, eval_batch
+        ),
+    }
+    return accuracy_metrics(test_preds, data.y_test, val_preds, data.y_val), phases
+
+
+def start_backend(name: str, settings: Settings) -> tuple[Backend, float]:
+    """The backend, its framework imported and the settings applied; seconds taken."""
+    t0 = time.perf_counter()
+    backend = get_backend(name)
+    backend.setup(settings)
+    return backend, time.perf_counter() - t0
 
 
 def run_cell(
@@ -261,133 +165,57 @@ def run_cell(
     seed: int,
     settings: Settings,
     data_dir: str | None = None,
-    emit: Emit = _no_emit,
+    emit: Emit = no_emit,
     teacher_cache: Path | None = None,
-) -> dict[str, Any]:
-    """Train and evaluate one cell; returns the metric part of its record."""
-    spec = loaded.spec
-    timings: dict[str, float] = {}
+) -> CellResult:
+    """Train and evaluate one cell; returns the measured part of its record."""
     rss_start = psutil.Process().memory_info().rss
-
-    t0 = time.perf_counter()
-    backend = get_backend(backend_name)
-    backend.setup(settings)
-    timings["setup_s"] = time.perf_counter() - t0
+    backend, setup_s = start_backend(backend_name, settings)
     rss_framework = psutil.Process().memory_info().rss
-    probe = matmul_probe(backend, backend.environment().get("device_kind") == "gpu")
+    probe = matmul_probe(backend, backend.environment().on_gpu)
 
     t0 = time.perf_counter()
-    data = load_spec_data(spec, seed, data_dir)
-    timings["data_load_s"] = time.perf_counter() - t0
-    cell = Cell(
-        loaded,
-        backend,
-        seed,
-        data,
-        spec.measure.warmup_steps,
-        emit,
-        probe["flops_per_s"]["float32"],
-    )
-
+    prepared = prepare_cell(loaded, seed, data_dir)
+    data_load_s = time.perf_counter() - t0
+    cell = Cell(prepared, backend, emit, probe.flops_per_s["float32"])
     t0 = time.perf_counter()
-    train = backend.put_dataset(data.x_train, data.y_train)
-    test = backend.put_dataset(data.x_test, data.y_test)
-    val = backend.put_dataset(data.x_val, data.y_val) if len(data.y_val) else None
-    backend.sync()
-    timings["put_dataset_s"] = time.perf_counter() - t0
+    splits = put_splits(cell)
+    put_dataset_s = time.perf_counter() - t0
 
-    n_train = len(data.y_train)
-    teacher_w = init_weights(loaded.teacher_arch, rng_for(seed, "teacher-init"))
-    student_w = init_weights(loaded.student_arch, rng_for(seed, "student-init"))
-    t_plan = make_plan(
-        n_train, spec.teacher.batch_size, spec.teacher.epochs, rng_for(seed, "teacher-plan")
+    teacher, teacher_phase, from_cache = train_teacher(cell, splits.train, settings, teacher_cache)
+    scratch, student, student_phases = train_students(cell, splits.train, teacher)
+    models = {"teacher": teacher, "scratch": scratch, "distilled": student}
+    metrics, eval_phases = evaluate(cell, splits, models)
+    metrics = metrics.model_copy(
+        update={
+            "teacher_from_cache": from_cache,
+            "teacher_params": loaded.teacher_arch.param_count(),
+            "student_params": loaded.student_arch.param_count(),
+        }
     )
-    # The scratch and distilled students see the same batches from the same start.
-    s_plan = make_plan(
-        n_train, spec.student.batch_size, spec.student.epochs, rng_for(seed, "student-plan")
+    return CellResult(
+        environment=backend.environment(),
+        metrics=metrics,
+        phases={"teacher": teacher_phase, **student_phases, **eval_phases},
+        timings=Timings(setup_s=setup_s, data_load_s=data_load_s, put_dataset_s=put_dataset_s),
+        probe=probe,
+        data=data_info(prepared),
+        memory=Memory(
+            host_rss_start_bytes=rss_start,
+            host_rss_after_framework_bytes=rss_framework,
+            framework_import_bytes=rss_framework - rss_start,
+            host_peak_rss_bytes=host_peak_rss(),
+        ),
     )
-    dropout_seeds = rng_for(seed, "dropout").integers(0, 2**31 - 1, size=3)
 
-    phases: dict[str, dict[str, Any]] = {}
-    key = teacher_key(loaded, backend_name, seed, settings)
-    cached = load_cached_teacher(teacher_cache, key) if teacher_cache else None
-    if cached is not None:
-        # Trained by an earlier cell with the same teacher; its phase record
-        # (timings included) is that cell's, marked as such.
-        teacher = backend.build(loaded.teacher_arch, cached[0], seed=int(dropout_seeds[0]))
-        phases["teacher"] = {**cached[1], "from_cache": True}
-        cell.emit({"phase": "teacher", "cached": True})
-    else:
-        teacher = backend.build(loaded.teacher_arch, teacher_w, seed=int(dropout_seeds[0]))
-        state = backend.init_train(teacher, spec.teacher.optimizer.resolved(), LossConfig("none"))
-        state, phases["teacher"] = train_phase(cell, "teacher", spec.teacher, state, train, t_plan)
-        teacher = backend.trained_model(state)
-        if teacher_cache is not None:
-            save_cached_teacher(teacher_cache, key, backend.get_weights(teacher), phases["teacher"])
-        phases["teacher"]["from_cache"] = False
 
-    scratch = backend.build(loaded.student_arch, student_w, seed=int(dropout_seeds[1]))
-    state = backend.init_train(scratch, spec.student.optimizer.resolved(), LossConfig("none"))
-    state, phases["scratch"] = train_phase(cell, "scratch", spec.student, state, train, s_plan)
-    scratch = backend.trained_model(state)
-
-    distill = spec.distill
-    loss = LossConfig(distill.method, distill.temperature, distill.alpha)
-    student = backend.build(loaded.student_arch, student_w, seed=int(dropout_seeds[2]))
-    state = backend.init_train(student, spec.student.optimizer.resolved(), loss, teacher=teacher)
-    state, phases["distill"] = train_phase(cell, "distill", spec.student, state, train, s_plan)
-    student = backend.trained_model(state)
-
-    cell.emit({"phase": "eval"})
-    batch = spec.measure.eval_batch_size
-    preds: dict[str, np.ndarray] = {}
-    val_acc: dict[str, float | None] = {}
-    for name, model in (("teacher", teacher), ("scratch", scratch), ("distilled", student)):
-        logits, _ = predict_all(cell, model, test, len(data.y_test), batch)
-        preds[name] = logits.argmax(axis=-1)
-        if val is not None:
-            vlogits, _ = predict_all(cell, model, val, len(data.y_val), batch)
-            val_acc[name] = float(np.mean(vlogits.argmax(axis=-1) == data.y_val))
-        else:
-            val_acc[name] = None
-    eval_batch = min(batch, len(data.y_test))
-    phases["eval_teacher"] = eval_phase(cell, teacher, loaded.teacher_arch, test, eval_batch)
-    phases["eval_student"] = eval_phase(cell, student, loaded.student_arch, test, eval_batch)
-
-    y = data.y_test
-    acc = {name: float(np.mean(p == y)) for name, p in preds.items()}
-    metrics = {
-        "teacher_acc": acc["teacher"],
-        "scratch_acc": acc["scratch"],
-        "distilled_acc": acc["distilled"],
-        "gain": acc["distilled"] - acc["scratch"],
-        "agreement": float(np.mean(preds["teacher"] == preds["distilled"])),
-        "agreement_scratch": float(np.mean(preds["teacher"] == preds["scratch"])),
-        "teacher_val_acc": val_acc["teacher"],
-        "scratch_val_acc": val_acc["scratch"],
-        "distilled_val_acc": val_acc["distilled"],
-        "teacher_from_cache": cached is not None,
-        "teacher_params": loaded.teacher_arch.param_count(),
-        "student_params": loaded.student_arch.param_count(),
-    }
-    return {
-        "environment": backend.environment(),
-        "metrics": metrics,
-        "phases": phases,
-        "timings": timings,
-        "probe": probe,
-        "data": {
-            "dataset": data.name,
-            "train": n_train,
-            "val": len(data.y_val),
-            "test": len(y),
-            "shape": list(data.shape),
-            "classes": data.classes,
-        },
-        "memory": {
-            "host_rss_start_bytes": rss_start,
-            "host_rss_after_framework_bytes": rss_framework,
-            "framework_import_bytes": rss_framework - rss_start,
-            "host_peak_rss_bytes": host_peak_rss(),
-        },
-    }
+def data_info(prepared: PreparedCell) -> DataInfo:
+    data = prepared.data
+    return DataInfo(
+        dataset=data.name,
+        train=len(data.y_train),
+        val=len(data.y_val),
+        test=len(data.y_test),
+        shape=list(data.shape),
+        classes=data.classes,
+    )

@@ -1,7 +1,8 @@
-"""Result records: one JSON line per cell, appended and flushed at once.
+"""Result records on disk: one JSON line per cell, appended and flushed at once.
 
 Nothing ever rewrites a results file. Reading keeps every complete record of
-a file whose last line was torn by a crash and says so.
+a file whose last line was torn by a crash and says so; every record read
+goes through ``schema.upgrade``.
 """
 
 from __future__ import annotations
@@ -10,25 +11,38 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from kdbench.errors import KdbenchError
+from kdbench.records.schema import Record, upgrade
 
-SCHEMA_VERSION = 1
 RESULTS_FILE = "results.jsonl"
 
 
-def append_record(path: Path, record: dict[str, Any]) -> None:
+def record_line(record: Record) -> str:
+    """The stored form of a record: one line of standard JSON, keys sorted."""
+    return json.dumps(_finite(record.to_json()), sort_keys=True, allow_nan=False)
+
+
+def append_record(path: Path, record: Record) -> None:
     """Append one record and make it durable before the next cell starts."""
-    line = json.dumps(_finite(record), sort_keys=True, allow_nan=False, default=_jsonable)
+    line = record_line(record)
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def write_record_file(path: Path, record: Record) -> None:
+    """One record in a file of its own (a cell's result), replaced atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(record_line(record), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_record_file(path: Path) -> Record:
+    return upgrade(json.loads(path.read_text(encoding="utf-8")), str(path))
 
 
 def _finite(value: Any) -> Any:
@@ -42,24 +56,20 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"cannot store {type(value).__name__} in a record")
+def read_records(path: Path) -> list[Record]:
+    """Every complete record in a results file; a torn last line is reported, not fatal.
 
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every complete record in a results file; a torn last line is reported, not fatal."""
-    records: list[dict[str, Any]] = []
+    The whole file is parsed before any record is upgraded, so a damaged line
+    is reported as such rather than as a bad record.
+    """
+    raws: list[tuple[int, Any]] = []
     text = path.read_text(encoding="utf-8")
     lines = text.split("\n")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            raws.append((number, json.loads(line)))
         except json.JSONDecodeError:
             is_last = all(not rest.strip() for rest in lines[number:])
             if is_last:
@@ -72,7 +82,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             raise KdbenchError(
                 f"{path}: line {number} is not a JSON record; the file is damaged"
             ) from None
-    return records
+    return [upgrade(raw, f"{path}: line {number}") for number, raw in raws]
 
 
 def results_path(run: Path) -> Path:
@@ -84,20 +94,3 @@ def results_path(run: Path) -> Path:
             "(for example results/runs/<timestamp>)"
         )
     return path
-
-
-def load_runs(runs: Iterable[str | Path], keep_step_times: bool = False) -> pd.DataFrame:
-    """One row per cell of one or more runs, nested fields flattened with dots."""
-    rows: list[dict[str, Any]] = []
-    for run in runs:
-        path = results_path(Path(run))
-        for record in read_records(path):
-            record = dict(record)
-            record["run_dir"] = str(path.parent)
-            if not keep_step_times:
-                for phase in (record.get("phases") or {}).values():
-                    phase.pop("step_times_s", None)
-            rows.append(record)
-    if not rows:
-        return pd.DataFrame()
-    return pd.json_normalize(rows, sep=".")

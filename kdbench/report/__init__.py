@@ -8,7 +8,6 @@ folder holding anything else is left alone unless --force says otherwise.
 
 from __future__ import annotations
 
-import argparse
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +21,7 @@ FORMATS = ("md", "csv", "html", "tex")
 MANIFEST = "report.json"
 REPORT_DIR = "report"
 
-__all__ = ["FORMATS", "add_parser", "cmd_report", "parse_formats", "write_report"]
+__all__ = ["FORMATS", "parse_formats", "write_report"]
 
 
 def parse_formats(value: str) -> list[str]:
@@ -35,49 +34,6 @@ def parse_formats(value: str) -> list[str]:
             f"choose from {', '.join(FORMATS)} (comma-separated)"
         )
     return list(dict.fromkeys(names))
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register `kdbench report` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "report",
-        help="tables, figures and an HTML page from finished runs",
-        description="Turn one or more run folders into published tables (Markdown, CSV, "
-        "HTML, LaTeX) and figures. Cells are grouped by hardware and fairness settings; "
-        "accuracy is shown as mean and 95% confidence interval over seeds.",
-    )
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders made by 'kdbench run'")
-    p.add_argument("--out", help=f"report folder (default: <first run>/{REPORT_DIR})")
-    p.add_argument(
-        "--format",
-        default=",".join(FORMATS),
-        help=f"comma-separated formats among {', '.join(FORMATS)} (default: all)",
-    )
-    p.add_argument("--no-plots", action="store_true", help="skip the figures (faster)")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="write into a folder that holds other files or the report of other runs",
-    )
-    p.set_defaults(func=cmd_report)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """Entry point of `kdbench report`; returns the exit status."""
-    formats = parse_formats(args.format)
-    out = Path(args.out) if args.out else None
-    written = write_report(
-        args.runs, out, formats, plots=not args.no_plots, force=bool(getattr(args, "force", False))
-    )
-    folder = written[-1].parent  # the manifest, written last, sits at the top
-    names = [str(p.relative_to(folder)) for p in written if p.name != MANIFEST]
-    pages = [n for n in names if "/" not in n]
-    csvs = [n for n in names if n.startswith("csv/")]
-    pngs = [n for n in names if n.startswith("plots/")]
-    parts = pages + ([f"csv/ ({len(csvs)} tables)"] if csvs else [])
-    parts += [f"plots/ ({len(pngs)} figures)"] if pngs else []
-    print(f"kdbench: report of {len(args.runs)} run(s) -> {folder}: {', '.join(parts)}")
-    return 0
 
 
 def _check_out_dir(out: Path, runs: list[str], force: bool) -> list[str]:

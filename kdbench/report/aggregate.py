@@ -8,163 +8,57 @@ backend, aggregated over seeds.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from kdbench.backends.base import backend_names
 from kdbench.errors import KdbenchError
-from kdbench.records import load_runs
-from kdbench.tables import COLUMNS as SHOW_COLUMNS
-
-# Phases in the order a cell runs them; records name what they have (older
-# ones one "eval" phase, newer ones an inference phase per model).
-PHASE_ORDER = ("teacher", "scratch", "distill", "eval_teacher", "eval_student", "eval")
-PHASE_NAMES = {
-    "teacher": "teacher training",
-    "scratch": "student from scratch",
-    "distill": "distillation",
-    "eval_teacher": "teacher inference",
-    "eval_student": "student inference",
-    "eval": "inference",
-}
-TRAIN_PHASES = ("teacher", "scratch", "distill")
-MIB = 1024.0**2
-CONFIDENCE = 0.95
+from kdbench.records.frame import load_runs
+from kdbench.records.schema import column, phase_column
+from kdbench.report.provenance import code_notes, frameworks_environment, runs_environment
+from kdbench.report.quantities import (
+    ACCURACY,
+    CONFIDENCE,
+    HOST_QUANTITIES,
+    PHASE_NAMES,
+    PHASE_QUANTITIES,
+    Quantity,
+    Stat,
+    as_text,
+    backend_order,
+    describe,
+    format_stat,
+    phases_of,
+)
 
 # The hardware a cell ran on: cells on different hardware never share a table.
-HARDWARE = ["device", "host.cpu", "host.cpu_count"]
+HARDWARE = ["device", column("host.cpu"), column("host.cpu_count")]
 # settings.* that are no fairness setting of their own: the resolved compile
 # mode is each framework's spelling of settings.compile, and the requested
 # device is replaced by the device the cell actually ran on.
-NOT_FAIRNESS = {"settings.compile_mode", "settings.device"}
+NOT_FAIRNESS = {column("settings.compile_mode"), column("settings.device")}
 # Where a cell failed before it chose a device and no cell of its run says which.
 UNKNOWN_DEVICE = "unknown device"
 # The row key inside a section.
-ROW = ["spec.name", "label", "spec.hash", "backend"]
+ROW = [column("spec.name"), "label", column("spec.hash"), "backend"]
 
 # Friendlier names for the settings listed under a section heading.
 SETTING_NAMES = {
-    "settings.compile": "compile",
-    "settings.precision": "precision",
-    "settings.threads": "threads",
-    "settings.deterministic": "deterministic",
-    "settings.teacher_batch_size": "teacher batch size",
-    "settings.student_batch_size": "student batch size",
-    "settings.eval_batch_size": "eval batch size",
-    "settings.warmup_steps": "warm-up steps (excluded from step times)",
-    "settings.method": "distillation method",
-    "settings.temperature": "temperature",
-    "settings.alpha": "alpha (weight of the distillation term)",
+    column("settings.compile"): "compile",
+    column("settings.precision"): "precision",
+    column("settings.threads"): "threads",
+    column("settings.deterministic"): "deterministic",
+    column("settings.teacher_batch_size"): "teacher batch size",
+    column("settings.student_batch_size"): "student batch size",
+    column("settings.eval_batch_size"): "eval batch size",
+    column("settings.warmup_steps"): "warm-up steps (excluded from step times)",
+    column("settings.method"): "distillation method",
+    column("settings.temperature"): "temperature",
+    column("settings.alpha"): "alpha (weight of the distillation term)",
 }
-
-
-@dataclass(frozen=True)
-class Quantity:
-    """One reported quantity: where it is in a record, and how it is shown."""
-
-    column: str
-    header: str  # with its unit
-    unit: str
-    scale: float
-    decimals: int
-    how: str  # "ci": mean and t-interval; "median": median over seeds; "max"
-
-    @classmethod
-    def from_show(cls, column: str, unit: str, how: str, header: str | None = None) -> Quantity:
-        """Same header, scale and decimals as `kdbench show`, so both read alike
-        (a percentage with two decimals should `show` stop listing it)."""
-        name = column.removeprefix("metrics.").replace("_", " ")
-        show_header, scale, decimals, _ = SHOW_COLUMNS.get(column, (f"{name} {unit}", 100.0, 2, ""))
-        return cls(column, header or show_header, unit, scale, decimals, how)
-
-
-ACCURACY = [
-    Quantity.from_show("metrics.teacher_acc", "%", "ci"),
-    Quantity.from_show("metrics.scratch_acc", "%", "ci"),
-    Quantity.from_show("metrics.distilled_acc", "%", "ci"),
-    Quantity.from_show("metrics.gain", "pts", "ci", "KD gain pts"),
-    Quantity.from_show("metrics.agreement", "%", "ci", "teacher-student agreement %"),
-]
-
-
-# Per phase (field in phases.<phase>.*): one table row per spec, phase and backend.
-PHASE_QUANTITIES = [
-    Quantity("step_time_median_s", "step ms", "ms", 1e3, 3, "median"),
-    Quantity("step_time_iqr_s", "step IQR ms", "ms", 1e3, 3, "median"),
-    Quantity("throughput_samples_per_s", "samples/s", "samples/s", 1, 0, "median"),
-    Quantity("warmup_s", "warm-up ms", "ms", 1e3, 1, "median"),
-    Quantity("achieved_flops_per_s", "GFLOP/s", "GFLOP/s", 1e-9, 2, "median"),
-    Quantity("fraction_of_peak", "% of peak", "%", 100, 1, "median"),
-    Quantity("device_peak_bytes", "device peak MiB", "MiB", 1 / MIB, 1, "max"),
-]
-
-# Per cell: the process as a whole.
-HOST_QUANTITIES = [
-    Quantity("memory.host_peak_rss_bytes", "host peak RSS MiB", "MiB", 1 / MIB, 1, "max"),
-    Quantity("memory.framework_import_bytes", "framework import MiB", "MiB", 1 / MIB, 1, "median"),
-    Quantity("timings.setup_s", "framework setup s", "s", 1, 2, "median"),
-    Quantity("duration_s", "cell wall s", "s", 1, 1, "median"),
-]
-
-
-def phases_of(frame: pd.DataFrame) -> list[str]:
-    """The phases these records have, in the order a cell runs them."""
-    names = {c.split(".")[1] for c in frame.columns if c.startswith("phases.") and c.count(".") > 1}
-    return sorted(
-        names, key=lambda p: (PHASE_ORDER.index(p) if p in PHASE_ORDER else len(PHASE_ORDER), p)
-    )
-
-
-@dataclass(frozen=True)
-class Stat:
-    """A quantity over the seeds of one row."""
-
-    n: int
-    mean: float
-    sd: float
-    ci_low: float
-    ci_high: float
-    median: float
-    min: float
-    max: float
-
-
-def describe(values: Iterable[float]) -> Stat:
-    """Mean with a two-sided 95% Student-t interval; no interval from one value."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    n = len(v)
-    if n == 0:
-        nan = float("nan")
-        return Stat(0, nan, nan, nan, nan, nan, nan, nan)
-    mean = float(v.mean())
-    if n == 1:
-        sd = low = high = float("nan")
-    else:
-        sd = float(v.std(ddof=1))
-        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
-        low, high = mean - half, mean + half
-    return Stat(n, mean, sd, low, high, float(np.median(v)), float(v.min()), float(v.max()))
-
-
-def format_stat(stat: Stat, decimals: int, how: str) -> str:
-    """The shown text of one table cell: '-' when nothing finished."""
-    if stat.n == 0:
-        return "-"
-    if how == "median":
-        return f"{stat.median:.{decimals}f}"
-    if how == "max":
-        return f"{stat.max:.{decimals}f}"
-    if stat.n == 1:
-        return f"{stat.mean:.{decimals}f} (n=1, no interval)"
-    return f"{stat.mean:.{decimals}f} ± {(stat.ci_high - stat.mean):.{decimals}f}"
 
 
 @dataclass
@@ -218,17 +112,6 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
-def _text(value: Any) -> str:
-    """A key value as text: missing values are '-', 2.0 is '2'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, np.generic):
-        return _text(value.item())
-    return str(value)
-
-
 def run_paths(runs: Sequence[str | Path]) -> list[Path]:
     """The run folders named, each once however it was spelled."""
     seen: dict[Path, Path] = {}
@@ -246,33 +129,34 @@ def load(runs: Sequence[str | Path]) -> pd.DataFrame:
     frame = load_runs(seen, keep_step_times=True)
     if frame.empty:
         raise KdbenchError(f"no records in {', '.join(map(str, seen))}; nothing to report")
-    for column in ["device", "label", "framework", "framework_version", "error", *HARDWARE, *ROW]:
-        if column not in frame:
-            frame[column] = None
+    for col in ["device", "label", "framework", "framework_version", "error", *HARDWARE, *ROW]:
+        if col not in frame:
+            frame[col] = None
     frame["device"] = _infer_failed_devices(frame)
     settings = _settings_columns(frame)
-    for column in [*HARDWARE, *ROW, *settings, "label"]:
-        frame[column] = frame[column].map(_text)
+    for col in [*HARDWARE, *ROW, *settings, "label"]:
+        frame[col] = frame[col].map(as_text)
     frame["label"] = frame["label"].replace("-", "")
     frame["device"] = frame["device"].map(lambda d: " ".join(d.split()))
     # A cell recorded twice in one run (a re-run appended to the same file)
     # counts once, its last record winning; cells that differ in spec or
     # settings stay apart even under one cell id.
-    same_cell = ["run_dir", "cell_id", "spec.hash", "label", *settings]
+    same_cell = ["run_dir", "cell_id", column("spec.hash"), "label", *settings]
     frame = frame.drop_duplicates(subset=same_cell, keep="last").reset_index(drop=True)
     for q in [*ACCURACY, *HOST_QUANTITIES]:
         if q.column not in frame:
             frame[q.column] = np.nan
-    # Older records time inference per batch of the whole test split.
-    if "phases.eval.batch_time_median_s" in frame and "phases.eval.step_time_median_s" not in frame:
-        frame["phases.eval.step_time_median_s"] = frame["phases.eval.batch_time_median_s"]
     return frame
 
 
 def _settings_columns(frame: pd.DataFrame) -> list[str]:
     """The fairness settings of these records. Without the requested compile
     setting (older records) the resolved mode is all there is, and it splits."""
-    skip = NOT_FAIRNESS if "settings.compile" in frame else NOT_FAIRNESS - {"settings.compile_mode"}
+    skip = (
+        NOT_FAIRNESS
+        if column("settings.compile") in frame
+        else NOT_FAIRNESS - {column("settings.compile_mode")}
+    )
     return sorted(c for c in frame.columns if c.startswith("settings.") and c not in skip)
 
 
@@ -280,13 +164,13 @@ def _infer_failed_devices(frame: pd.DataFrame) -> pd.Series:
     """A cell that failed before choosing its device gets the device its run's
     other cells used, when they agree, so it is listed beside them."""
     device = frame["device"].copy()
-    requested = frame.get("settings.device", pd.Series("-", index=frame.index)).map(_text)
+    requested = frame.get("settings.device", pd.Series("-", index=frame.index)).map(as_text)
     known = device.notna()
     for i in frame.index[~known]:
         same = (
             known
             & (frame["run_dir"] == frame.at[i, "run_dir"])
-            & (frame["host.cpu"].map(_text) == _text(frame.at[i, "host.cpu"]))
+            & (frame[column("host.cpu")].map(as_text) == as_text(frame.at[i, column("host.cpu")]))
             & (requested == requested[i])
         )
         for mask in (same & (frame["backend"] == frame.at[i, "backend"]), same):
@@ -299,17 +183,12 @@ def _infer_failed_devices(frame: pd.DataFrame) -> pd.Series:
     return device
 
 
-def _backend_order(names: Iterable[str]) -> list[str]:
-    known = backend_names()
-    return sorted(set(names), key=lambda n: (known.index(n) if n in known else len(known), n))
-
-
 def _row_label(frame: pd.DataFrame) -> pd.Series:
     """The spec as shown: its name, the matrix label, and its hash when one
     name stands for several spec contents in the same section."""
-    label = frame["spec.name"] + frame["label"].map(lambda x: f" [{x}]" if x else "")
-    hashes = frame.groupby(label)["spec.hash"].transform("nunique")
-    return label + np.where(hashes > 1, " #" + frame["spec.hash"].str[:7], "")
+    label = frame[column("spec.name")] + frame["label"].map(lambda x: f" [{x}]" if x else "")
+    hashes = frame.groupby(label)[column("spec.hash")].transform("nunique")
+    return label + np.where(hashes > 1, " #" + frame[column("spec.hash")].str[:7], "")
 
 
 def build(runs: Sequence[str | Path]) -> Report:
@@ -322,8 +201,8 @@ def build(runs: Sequence[str | Path]) -> Report:
         values = dict(zip(keys, key, strict=True))
         hardware = {
             "device": values["device"],
-            "cpu": values["host.cpu"],
-            "cpus": values["host.cpu_count"],
+            "cpu": values[column("host.cpu")],
+            "cpus": values[column("host.cpu_count")],
         }
         settings = {c: values[c] for c in settings_cols}
         cells = cells.copy()
@@ -334,7 +213,7 @@ def build(runs: Sequence[str | Path]) -> Report:
         if failures is not None:
             section.tables.append(failures)
         sections.append(section)
-    notes = _code_notes(frame)
+    notes = code_notes(frame)
     if len(sections) > 1:
         notes.append(
             f"The cells ran on {len({tuple(s.hardware.values()) for s in sections})} kinds of "
@@ -345,8 +224,8 @@ def build(runs: Sequence[str | Path]) -> Report:
         run_paths(runs),
         frame,
         sections,
-        _runs_environment(frame),
-        _frameworks_environment(frame),
+        runs_environment(frame),
+        frameworks_environment(frame),
         notes,
     )
 
@@ -355,14 +234,14 @@ def _rows(cells: pd.DataFrame) -> Iterable[tuple[str, str, pd.DataFrame]]:
     """(spec shown, backend, cells) in spec order, then the usual backend order."""
     for spec in dict.fromkeys(cells["spec"]):
         of_spec = cells[cells["spec"] == spec]
-        for backend in _backend_order(of_spec["backend"]):
+        for backend in backend_order(of_spec["backend"]):
             yield spec, backend, of_spec[of_spec["backend"] == backend]
 
 
 def _seeds_ok(ok: pd.DataFrame, group: pd.DataFrame) -> str:
     """Distinct seeds that finished, of those tried; repeated cells said apart."""
-    seeds = group["seed"].map(_text)
-    text = f"{ok['seed'].map(_text).nunique()}/{seeds.nunique()}"
+    seeds = group["seed"].map(as_text)
+    text = f"{ok['seed'].map(as_text).nunique()}/{seeds.nunique()}"
     return text if len(group) == seeds.nunique() else f"{text} ({len(ok)}/{len(group)} cells)"
 
 
@@ -371,7 +250,7 @@ def _status(group: pd.DataFrame) -> str:
     if bad.empty:
         return "ok"
     counts = ", ".join(f"{n} {s}" for s, n in bad["status"].value_counts().items())
-    reason = _text(bad.iloc[0]["error"]).splitlines()[0] if len(bad) else ""
+    reason = as_text(bad.iloc[0]["error"]).splitlines()[0] if len(bad) else ""
     return f"{counts}: {reason[:100]}"
 
 
@@ -386,7 +265,7 @@ def _values(ok: pd.DataFrame, q: Quantity) -> pd.Series:
     if q.how == "ci":
         # Seeds are the independent replicates: the same seed run twice (in
         # two runs) trains the same model, so its repeats count once.
-        values = values.groupby(ok["seed"].map(_text)).mean()
+        values = values.groupby(ok["seed"].map(as_text)).mean()
     return values.dropna()
 
 
@@ -399,7 +278,7 @@ def _table(section: Section, name: str, title: str, rows: Iterable[Row]) -> Tabl
         if "phase" in keys:
             row = {"spec": keys["spec"], "phase": PHASE_NAMES.get(keys["phase"], keys["phase"])}
             row["backend"] = keys["backend"]
-            modes = sorted({_text(m) for m in ok.get("settings.compile_mode", pd.Series())})
+            modes = sorted({as_text(m) for m in ok.get("settings.compile_mode", pd.Series())})
             row["compile mode"] = ", ".join(modes) or "-"
         if name == "accuracy":
             row["seeds ok"] = _seeds_ok(ok, group)
@@ -411,7 +290,7 @@ def _table(section: Section, name: str, title: str, rows: Iterable[Row]) -> Tabl
                     "section": section.index,
                     **section.key,
                     **keys,
-                    "spec_hash": group["spec.hash"].iloc[0],
+                    "spec_hash": group[column("spec.hash")].iloc[0],
                     "quantity": q.column,
                     "unit": q.unit,
                     "aggregate": {"ci": "mean", "median": "median", "max": "max"}[q.how],
@@ -443,8 +322,10 @@ def _phases(section: Section) -> Table:
     for spec in dict.fromkeys(cells["spec"]):
         of_spec = cells[cells["spec"] == spec]
         for phase in phases_of(of_spec.dropna(axis=1, how="all")):
-            quantities = [replace(q, column=f"phases.{phase}.{q.column}") for q in PHASE_QUANTITIES]
-            for backend in _backend_order(of_spec["backend"]):
+            quantities = [
+                replace(q, column=phase_column(phase, q.column)) for q in PHASE_QUANTITIES
+            ]
+            for backend in backend_order(of_spec["backend"]):
                 keys = {"spec": spec, "phase": phase, "backend": backend}
                 rows.append((keys, of_spec[of_spec["backend"] == backend], quantities))
     table = _table(section, "phases", "Speed, compute and device memory per phase", rows)
@@ -502,9 +383,9 @@ def _failures(section: Section) -> Table | None:
             {
                 "spec": cell["spec"],
                 "backend": cell["backend"],
-                "seed": _text(cell.get("seed")),
+                "seed": as_text(cell.get("seed")),
                 "status": cell["status"],
-                "error": _text(cell.get("error")),
+                "error": as_text(cell.get("error")),
                 "cell": cell["cell_id"],
                 "run": Path(cell["run_dir"]).name,
             }
@@ -519,91 +400,3 @@ def _failures(section: Section) -> Table | None:
         tidy,
         ["Every failed, timed-out or out-of-memory cell; the tables above use finished cells."],
     )
-
-
-def _code_notes(frame: pd.DataFrame) -> list[str]:
-    """Warnings about the code behind the numbers: a comparison is only as
-    good as knowing which code produced each side."""
-    notes = []
-    for run_dir, cells in frame.groupby("run_dir", sort=False):
-        commits = {_text(c) for c in cells.get("host.git_commit", pd.Series([None]))} - {"-"}
-        if len(commits) > 1:
-            notes.append(
-                f"Run {run_dir}: its cells ran from {len(commits)} different git commits "
-                "(the code changed during the run)."
-            )
-        dirty = cells.get("host.git_dirty", pd.Series([None]))
-        if dirty.map(lambda v: v is True).any():
-            notes.append(
-                f"Run {run_dir}: cells ran from a working tree with uncommitted changes "
-                "(git dirty), so the commit does not name their code exactly."
-            )
-    return notes
-
-
-def _unique(values: pd.Series) -> str:
-    found = [_text(v) for v in dict.fromkeys(values.tolist())]
-    found = [v for v in found if v != "-"] or ["-"]
-    return found[0] if len(found) == 1 else f"{', '.join(found)} (mixed)"
-
-
-def _runs_environment(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: where and from which code it ran."""
-    rows = []
-    for run_dir, cells in frame.groupby("run_dir", sort=False):
-        manifest = _manifest(Path(run_dir))
-        commits = cells.get("host.git_commit", pd.Series(dtype=object)).map(lambda c: _text(c)[:12])
-        rows.append(
-            {
-                "run": _unique(cells.get("run_id", pd.Series([Path(run_dir).name]))),
-                "folder": run_dir,
-                "cells ok": f"{(cells['status'] == 'ok').sum()}/{len(cells)}",
-                "started": _text(cells["started_at"].min()) if "started_at" in cells else "-",
-                "git commit": _unique(commits),
-                "dirty tree": _unique(cells.get("host.git_dirty", pd.Series([None]))),
-                "kdbench": _unique(cells.get("host.kdbench_version", pd.Series([None]))),
-                "os": _unique(cells.get("host.os", pd.Series([None]))),
-                "cpu": _unique(cells["host.cpu"]),
-                "CPUs": _unique(cells["host.cpu_count"]),
-                "python": _unique(cells.get("host.python", pd.Series([None]))),
-                "command": " ".join(manifest.get("argv", [])) or "-",
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def _manifest(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _frameworks_environment(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows: framework facts (version, device, flags); columns: run and backend."""
-    env_cols = sorted(c for c in frame.columns if c.startswith("environment."))
-    columns: dict[str, dict[str, str]] = {}
-    for run_dir, cells in frame.groupby("run_dir", sort=False):
-        for backend in _backend_order(cells["backend"]):
-            ok = cells[(cells["backend"] == backend) & (cells["status"] == "ok")]
-            if ok.empty:
-                ok = cells[cells["backend"] == backend]
-            facts = {
-                "framework": _unique(ok["framework"]),
-                "framework version": _unique(ok["framework_version"]),
-                "device": _unique(ok["device"]),
-                "compile mode": _unique(ok.get("settings.compile_mode", pd.Series([None]))),
-            }
-            for c in env_cols:
-                if c == "environment.compile_mode":  # shown as "compile mode" above
-                    continue
-                value = _unique(ok[c]) or "(empty)"
-                if value != "-":
-                    facts[c.removeprefix("environment.")] = value
-            name = (
-                f"{backend} ({Path(run_dir).name})" if frame["run_dir"].nunique() > 1 else backend
-            )
-            columns[name] = facts
-    table = pd.DataFrame(columns).fillna("-")
-    table.index.name = "fact"
-    return table.reset_index()

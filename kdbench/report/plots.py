@@ -17,14 +17,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from kdbench.report.aggregate import (
-    MIB,
-    PHASE_NAMES,
-    TRAIN_PHASES,
-    Section,
-    _backend_order,
-    phases_of,
-)
+from kdbench.records.schema import column, phase_column
+from kdbench.report.aggregate import Section
+from kdbench.report.quantities import MIB, PHASE_NAMES, TRAIN_PHASES, backend_order, phases_of
 
 COLORS = {"pytorch": "#d62728", "tensorflow": "#2ca02c", "jax": "#1f77b4"}
 MARKERS = {"pytorch": "o", "tensorflow": "s", "jax": "^"}
@@ -94,12 +89,20 @@ def accuracy_vs_throughput(cells: pd.DataFrame, spec: str, path: Path) -> str | 
     ok = cells[cells["status"] == "ok"]
     if ok.empty:
         return None
-    order = _backend_order(ok["backend"])
+    order = backend_order(ok["backend"])
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
     panels = (
-        ("teacher", "metrics.teacher_acc", "phases.teacher.throughput_samples_per_s"),
-        ("distilled student", "metrics.distilled_acc", "phases.distill.throughput_samples_per_s"),
+        (
+            "teacher",
+            column("metrics.teacher_acc"),
+            column("phases.teacher.throughput_samples_per_s"),
+        ),
+        (
+            "distilled student",
+            column("metrics.distilled_acc"),
+            column("phases.distill.throughput_samples_per_s"),
+        ),
     )
     drawn = 0
     for ax, (name, acc_col, speed_col) in zip(axes, panels, strict=True):
@@ -144,10 +147,10 @@ def accuracy_vs_throughput(cells: pd.DataFrame, spec: str, path: Path) -> str | 
 
 
 def _steady_times(row: pd.Series, phase: str) -> np.ndarray:
-    times = row.get(f"phases.{phase}.step_times_s")
+    times = row.get(phase_column(phase, "step_times_s"))
     if not isinstance(times, list | tuple | np.ndarray) or len(times) == 0:
         return np.array([])
-    warmup = _num(row.get(f"phases.{phase}.warmup_steps"))
+    warmup = _num(row.get(phase_column(phase, "warmup_steps")))
     if not np.isfinite(warmup):
         warmup = _num(row.get("settings.warmup_steps"))
     skip = int(warmup) if np.isfinite(warmup) else 0
@@ -158,7 +161,7 @@ def _steady_times(row: pd.Series, phase: str) -> np.ndarray:
 def step_time_distributions(cells: pd.DataFrame, spec: str, path: Path) -> str | None:
     """Box plots of steady-state step times per framework, one panel per phase."""
     ok = cells[cells["status"] == "ok"]
-    order = _backend_order(ok["backend"])
+    order = backend_order(ok["backend"])
     data = {p: {b: _pooled(ok[ok["backend"] == b], p) for b in order} for p in phases_of(ok)}
     data = {p: per for p, per in data.items() if any(len(v) for v in per.values())}
     if not data:
@@ -206,7 +209,7 @@ def _pooled(rows: pd.DataFrame, phase: str) -> np.ndarray:
 def peak_memory(cells: pd.DataFrame, spec: str, path: Path) -> str | None:
     """Grouped bars: peak memory per phase and framework, device where counted."""
     ok = cells[cells["status"] == "ok"]
-    order = _backend_order(ok["backend"])
+    order = backend_order(ok["backend"])
     if ok.empty:
         return None
     fig = Figure(figsize=(11, 4.2), layout="constrained")
@@ -270,11 +273,11 @@ def _numeric(rows: pd.DataFrame, column: str) -> pd.Series:
 
 def _peak(rows: pd.DataFrame, phase: str) -> tuple[float | None, str]:
     """Device peak where the framework counts it, else the host RSS peak."""
-    device = _numeric(rows, f"phases.{phase}.device_peak_bytes")
+    device = _numeric(rows, phase_column(phase, "device_peak_bytes"))
     if device.notna().any():
         return float(device.max()) / MIB, "device"
-    host_col = f"phases.{phase}.host_peak_rss_bytes"
-    host = _numeric(rows, host_col if host_col in rows else "memory.host_peak_rss_bytes")
+    host_col = phase_column(phase, "host_peak_rss_bytes")
+    host = _numeric(rows, host_col if host_col in rows else column("memory.host_peak_rss_bytes"))
     if host.notna().any():
         return float(host.max()) / MIB, "host RSS"
     return None, ""
@@ -283,23 +286,23 @@ def _peak(rows: pd.DataFrame, phase: str) -> tuple[float | None, str]:
 def loss_curves(cells: pd.DataFrame, spec: str, path: Path) -> str | None:
     """The training loss of every framework overlaid, for one seed."""
     ok = cells[cells["status"] == "ok"]
-    if ok.empty or not any(f"phases.{p}.loss_epochs" in ok for p in TRAIN_PHASES):
+    if ok.empty or not any(phase_column(p, "loss_epochs") in ok for p in TRAIN_PHASES):
         return None
     # The seed most frameworks finished, the smallest among equals.
     counts = ok.groupby("seed")["backend"].nunique()
     seed = min(counts[counts == counts.max()].index)
     rows = ok[ok["seed"] == seed]
-    order = _backend_order(rows["backend"])
+    order = backend_order(rows["backend"])
     fig = Figure(figsize=(11, 3.8), layout="constrained")
     axes = fig.subplots(1, len(TRAIN_PHASES))
     for ax, phase in zip(axes, TRAIN_PHASES, strict=True):
         curves = []
         for i, backend in enumerate(order):
             row = rows[rows["backend"] == backend].iloc[0]
-            losses = row.get(f"phases.{phase}.loss_epochs")
+            losses = row.get(phase_column(phase, "loss_epochs"))
             if not isinstance(losses, list | tuple | np.ndarray) or len(losses) == 0:
                 continue
-            y = np.array([_num(row.get(f"phases.{phase}.loss_step0")), *map(_num, losses)])
+            y = np.array([_num(row.get(phase_column(phase, "loss_step0"))), *map(_num, losses)])
             curves.append(y)
             ax.plot(
                 range(len(y)),

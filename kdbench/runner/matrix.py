@@ -18,22 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kdbench.backends.base import backend_names
 from kdbench.builtins import builtin_files, find_named
 from kdbench.errors import KdbenchError
-from kdbench.spec import (
-    COMPILE_MODES,
-    PRECISIONS,
-    LoadedSpec,
-    load_spec,
-    read_toml,
-)
+from kdbench.settings import SETTING_NAMES, check_value
+from kdbench.spec import LoadedSpec, load_spec, read_toml
 
 DEFAULT_MATRIX = "default"
-RUNTIME_AXES: dict[str, tuple[Any, ...] | type] = {
-    "compile": COMPILE_MODES,
-    "precision": PRECISIONS,
-    "threads": int,
-    "deterministic": bool,
-    "device": ("auto", "cpu", "gpu"),
-}
 Scalar = str | int | float | bool
 
 
@@ -62,18 +50,14 @@ class MatrixFile(BaseModel):
         for key, values in value.items():
             if not values:
                 raise ValueError(f"axis {key!r} has no values")
-            if key in RUNTIME_AXES:
-                allowed = RUNTIME_AXES[key]
+            if key in SETTING_NAMES:
                 for v in values:
-                    ok = isinstance(v, allowed) if isinstance(allowed, type) else v in allowed
-                    if not ok or (allowed is int and isinstance(v, bool)):
-                        shown = (
-                            allowed.__name__ if isinstance(allowed, type) else ", ".join(allowed)
-                        )
-                        raise ValueError(f"axis {key!r}: {v!r} is not allowed; allowed: {shown}")
+                    problem = check_value(key, v)
+                    if problem:
+                        raise ValueError(f"axis {key!r}: {problem}")
             elif "." not in key:
                 raise ValueError(
-                    f"unknown axis {key!r}; allowed: {', '.join(RUNTIME_AXES)} "
+                    f"unknown axis {key!r}; allowed: {', '.join(SETTING_NAMES)} "
                     "or a dotted spec key such as 'distill.temperature'"
                 )
         return value
@@ -139,8 +123,8 @@ def load_matrix(name_or_path: str) -> Matrix:
         point = dict(zip(keys, values, strict=True))
         combos.append(
             Combo(
-                runtime={k: v for k, v in point.items() if k in RUNTIME_AXES},
-                spec_overrides={k: v for k, v in point.items() if k not in RUNTIME_AXES},
+                runtime={k: v for k, v in point.items() if k in SETTING_NAMES},
+                spec_overrides={k: v for k, v in point.items() if k not in SETTING_NAMES},
             )
         )
     return Matrix(

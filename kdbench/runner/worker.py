@@ -1,4 +1,4 @@
-"""One benchmark cell in its own process: ``python -m kdbench.cell JOB.json``.
+"""One benchmark cell in its own process: ``python -m kdbench.runner.worker JOB.json``.
 
 A fresh process per cell gives every framework a clean memory high-water
 mark and keeps a crash to one cell. Progress goes to stdout as lines that
@@ -12,60 +12,38 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kdbench.backends.base import Settings
-from kdbench.environment import host_environment
-from kdbench.records import SCHEMA_VERSION
+from kdbench.host import host_environment
+from kdbench.records.schema import Host, Record, SpecRef
+from kdbench.records.store import write_record_file
+from kdbench.runner.job import CellJob
 from kdbench.spec import LoadedSpec, load_spec
 
 EVENT_PREFIX = "@kdbench "
 
-
-@dataclass(frozen=True)
-class CellJob:
-    spec_path: str
-    backend: str
-    seed: int
-    settings: Settings
-    run_id: str
-    record_file: str = ""
-    data_dir: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    label: str = ""
-    teacher_cache: str | None = None
-
-    @property
-    def cell_id(self) -> str:
-        """Unique within a run: what --resume matches finished cells by."""
-        base = f"{Path(self.spec_path).stem}/{self.backend}/seed{self.seed}"
-        return f"{base}/{self.label}" if self.label else base
-
-    def to_json(self) -> str:
-        return json.dumps({**asdict(self), "settings": self.settings.as_dict()})
-
-    @classmethod
-    def from_json(cls, text: str) -> CellJob:
-        raw = json.loads(text)
-        return cls(**{**raw, "settings": Settings(**raw["settings"])})
+OOM_MARKERS = (
+    "out of memory",
+    "resource_exhausted",
+    "oom when allocating",
+    "cuda_error_out_of_memory",
+)
 
 
-def base_record(job: CellJob, loaded: LoadedSpec) -> dict[str, Any]:
+def base_record(job: CellJob, loaded: LoadedSpec) -> Record:
     """The fields every record has, whatever became of the cell."""
     spec = loaded.spec
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": job.run_id,
-        "cell_id": job.cell_id,
-        "spec": {"name": spec.name, "hash": loaded.content_hash, "path": str(loaded.path)},
-        "backend": job.backend,
-        "seed": job.seed,
-        "label": job.label,
-        "overrides": job.overrides,
-        "settings": {
+    return Record(
+        run_id=job.run_id,
+        cell_id=job.cell_id,
+        spec=SpecRef(name=spec.name, hash=loaded.content_hash, path=str(loaded.path)),
+        backend=job.backend,
+        seed=job.seed,
+        label=job.label,
+        overrides=job.overrides,
+        settings={
             **job.settings.as_dict(),
             "teacher_batch_size": spec.teacher.batch_size,
             "student_batch_size": spec.student.batch_size,
@@ -75,19 +53,10 @@ def base_record(job: CellJob, loaded: LoadedSpec) -> dict[str, Any]:
             "temperature": spec.distill.temperature,
             "alpha": spec.distill.alpha,
         },
-        "host": host_environment(),
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "status": "failed",
-        "error": None,
-    }
-
-
-OOM_MARKERS = (
-    "out of memory",
-    "resource_exhausted",
-    "oom when allocating",
-    "cuda_error_out_of_memory",
-)
+        host=Host(**host_environment()),
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        status="failed",
+    )
 
 
 def failure_status(exc: BaseException) -> str:
@@ -103,7 +72,7 @@ def emit(event: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kdbench.harness import run_cell
+    from kdbench.harness.cell import run_cell
 
     args = sys.argv[1:] if argv is None else argv
     job = CellJob.from_json(Path(args[0]).read_text())
@@ -111,28 +80,36 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_spec(job.spec_path, job.overrides)
     record = base_record(job, loaded)
     cache = Path(job.teacher_cache) if job.teacher_cache else None
+    update: dict[str, Any]
     try:
         result = run_cell(loaded, job.backend, job.seed, job.settings, job.data_dir, emit, cache)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the cell's record
-        record["status"] = failure_status(exc)
-        record["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:2000]
-        record["traceback"] = traceback.format_exc()[-8000:]
+        update = {
+            "status": failure_status(exc),
+            "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:2000],
+            "traceback": traceback.format_exc()[-8000:],
+        }
         status = 1
     else:
-        env = result.pop("environment")
-        record.update(result)
-        record["framework"] = env.pop("framework")
-        record["framework_version"] = env.pop("framework_version")
-        record["device"] = env.pop("device")
-        record["settings"]["compile_mode"] = env.get("compile_mode")
-        record["environment"] = env
-        record["status"] = "ok"
+        env = result.environment
+        update = {
+            "status": "ok",
+            "framework": env.framework,
+            "framework_version": env.framework_version,
+            "device": env.device,
+            "settings": record.settings.model_copy(update={"compile_mode": env.compile_mode}),
+            "environment": env.record_block(),
+            "metrics": result.metrics,
+            "phases": result.phases,
+            "timings": result.timings,
+            "probe": result.probe,
+            "data": result.data,
+            "memory": result.memory,
+        }
         status = 0
-    record["duration_s"] = time.perf_counter() - started
-    record["host"]["loadavg_end"] = list(os.getloadavg())
-    tmp = Path(job.record_file + ".tmp")
-    tmp.write_text(json.dumps(record, allow_nan=True, default=str))
-    os.replace(tmp, job.record_file)
+    update["duration_s"] = time.perf_counter() - started
+    update["host"] = record.host.model_copy(update={"loadavg_end": list(os.getloadavg())})
+    write_record_file(Path(job.record_file), record.model_copy(update=update))
     return status
 
 

@@ -7,7 +7,8 @@ import sys
 
 import pandas as pd
 
-from kdbench.records import load_runs
+from kdbench.records.frame import load_runs
+from kdbench.records.schema import column, phase_column
 
 TRAIN_PHASES = ("teacher", "scratch", "distill")
 
@@ -19,18 +20,18 @@ def problems(frame: pd.DataFrame) -> list[str]:
         if row["status"] != "ok":
             found.append(f"{cell}: {row['status']}: {row.get('error')}")
             continue
-        if row.get("environment.device_kind") != "gpu":
+        if row.get(column("environment.device_kind")) != "gpu":
             found.append(f"{cell}: ran on {row.get('device')}, not a GPU")
         for phase in (*TRAIN_PHASES, "eval_teacher", "eval_student"):
-            peak = row.get(f"phases.{phase}.device_peak_bytes")
-            median = row.get(f"phases.{phase}.step_time_median_s")
+            peak = row.get(phase_column(phase, "device_peak_bytes"))
+            median = row.get(phase_column(phase, "step_time_median_s"))
             if not (isinstance(peak, int | float) and peak > 0):
                 found.append(f"{cell}: {phase}: no device memory peak ({peak})")
             if not (isinstance(median, float) and 1e-6 < median < 10):
                 found.append(f"{cell}: {phase}: implausible median step time {median}")
         for phase in TRAIN_PHASES:
-            warm = row.get(f"phases.{phase}.first_step_s")
-            if isinstance(warm, float) and warm < row[f"phases.{phase}.step_time_median_s"]:
+            warm = row.get(phase_column(phase, "first_step_s"))
+            if isinstance(warm, float) and warm < row[phase_column(phase, "step_time_median_s")]:
                 found.append(
                     f"{cell}: {phase}: the first (compiling) step was faster than the median"
                 )

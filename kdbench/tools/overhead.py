@@ -8,7 +8,7 @@ mlp-64 student, batch 64), this times
 
 - the harness: the real ``kdbench.harness.train_phase`` on a Cell, through
   the Backend adapter, exactly as a benchmark cell runs it;
-- the bare loop: ``backends/<fw>/bare.py``, the same steps written directly in
+- the bare loop: ``backends/<fw>/bare.py`` (``Backend.bare_loop``), the same steps written directly in
   the framework (same models, loss, optimizer, indices and learning rates),
   with no clock, no per-step sync and no adapter;
 
@@ -35,7 +35,6 @@ losses must agree; every round checks that they do.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import statistics
@@ -45,19 +44,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from kdbench.backends.base import REGISTRY, Backend, LossConfig, Settings, Weights, get_backend
-from kdbench.datasets import Dataset
-from kdbench.harness import Cell, load_spec_data, train_phase
-from kdbench.initial_weights import init_weights
-from kdbench.plan import BatchPlan, learning_rates, make_plan, rng_for
-from kdbench.spec import DEFAULT_SPEC, LoadedSpec, load_spec
+from kdbench.backends.base import REGISTRY, Backend, BareLoop, Settings, get_backend
+from kdbench.harness.phases import Cell, train_phase
+from kdbench.harness.prepare import PreparedCell, prepare_cell
+from kdbench.plan import BatchPlan, learning_rates
+from kdbench.records.schema import Phase
+from kdbench.spec import DEFAULT_SPEC, load_spec
 
 TARGET = 0.02  # the harness may cost at most 2% of the bare loop's throughput
 DEFAULT_REPEATS = 3  # fresh states (each compiles anew)
@@ -71,29 +69,21 @@ CHILD_TIMEOUT_S = 600
 DEFAULT_THREADS = 1
 
 
-def bare_module(backend: str) -> ModuleType:
-    """backends/<fw>/bare.py, next to the backend module the registry names."""
-    package = REGISTRY[backend][0].rsplit(".", 1)[0]
-    return importlib.import_module(f"{package}.bare")
-
-
 @dataclass
 class Bench:
-    """Everything both sides share, built once per process with the harness's functions."""
+    """Everything both sides share, built once per process from prepare_cell."""
 
-    loaded: LoadedSpec
+    prepared: PreparedCell
     backend: Backend
     cell: Cell
-    data: Dataset
     train: Any  # the backend's device-resident training split
     teacher: Any  # the harness side's frozen teacher model (never updated)
-    teacher_weights: Weights
-    student_weights: Weights
-    plan: BatchPlan  # the distillation phase's full plan
-    teacher_seed: int
-    student_seed: int
-    loss: LossConfig
-    optimizer: dict[str, Any]
+    bare: BareLoop
+
+    @property
+    def plan(self) -> BatchPlan:
+        """The distillation phase's full plan."""
+        return self.prepared.student_plan
 
 
 def prepare(
@@ -108,72 +98,51 @@ def prepare(
     backend: one already set up (the tests share theirs); otherwise a new one
     is set up with settings.
     """
-    loaded = load_spec(spec)
-    s = loaded.spec
+    prepared = prepare_cell(load_spec(spec), seed)
     if backend is None:
         backend = get_backend(backend_name)
         backend.setup(settings or Settings(threads=DEFAULT_THREADS))
-    data = load_spec_data(s, seed)
-    cell = Cell(loaded, backend, seed, data, s.measure.warmup_steps)
+    data = prepared.data
     train = backend.put_dataset(data.x_train, data.y_train)
-    teacher_w = init_weights(loaded.teacher_arch, rng_for(seed, "teacher-init"))
-    student_w = init_weights(loaded.student_arch, rng_for(seed, "student-init"))
-    plan = make_plan(
-        len(data.y_train), s.student.batch_size, s.student.epochs, rng_for(seed, "student-plan")
-    )
-    dropout_seeds = rng_for(seed, "dropout").integers(0, 2**31 - 1, size=3)
-    teacher_seed, student_seed = int(dropout_seeds[0]), int(dropout_seeds[2])
-    teacher = backend.build(loaded.teacher_arch, teacher_w, seed=teacher_seed)
-    backend.sync()
-    return Bench(
-        loaded=loaded,
-        backend=backend,
-        cell=cell,
-        data=data,
-        train=train,
-        teacher=teacher,
-        teacher_weights=teacher_w,
-        student_weights=student_w,
-        plan=plan,
-        teacher_seed=teacher_seed,
-        student_seed=student_seed,
-        loss=LossConfig(s.distill.method, s.distill.temperature, s.distill.alpha),
-        optimizer=s.student.optimizer.resolved(),
-    )
+    teacher_arch = prepared.loaded.teacher_arch
+    teacher = backend.build(teacher_arch, prepared.teacher_weights, seed=prepared.teacher_seed)
+    backend.sync(train, teacher)
+    return Bench(prepared, backend, Cell(prepared, backend), train, teacher, backend.bare_loop())
 
 
 def harness_state(bench: Bench) -> Any:
     """A fresh distillation state, as run_cell makes it."""
-    b = bench.backend
-    student = b.build(bench.loaded.student_arch, bench.student_weights, seed=bench.student_seed)
-    return b.init_train(student, bench.optimizer, bench.loss, teacher=bench.teacher)
+    p, b = bench.prepared, bench.backend
+    student = b.build(p.loaded.student_arch, p.student_weights, seed=p.student_seed)
+    return b.init_train(student, p.student_optimizer, p.loss, teacher=bench.teacher)
 
 
-def harness_run(bench: Bench, state: Any, plan: BatchPlan) -> tuple[Any, dict[str, Any]]:
+def harness_run(bench: Bench, state: Any, plan: BatchPlan) -> tuple[Any, Phase]:
     """The real train_phase over plan, as the distill phase of a cell."""
-    return train_phase(bench.cell, "distill", bench.loaded.spec.student, state, bench.train, plan)
+    return train_phase(bench.cell, "distill", bench.prepared.spec.student, state, bench.train, plan)
 
 
-def bare_run(bench: Bench, bare: ModuleType) -> Any:
+def bare_run(bench: Bench) -> Any:
     """A fresh bare-loop state from the same weights, seeds and device."""
-    return bare.bare_setup(
-        bench.data.x_train,
-        bench.data.y_train,
-        bench.loaded.teacher_arch,
-        bench.teacher_weights,
-        bench.loaded.student_arch,
-        bench.student_weights,
-        bench.optimizer,
-        bench.loss,
-        device=bench.backend.device,  # type: ignore[attr-defined] - each backend has one
-        teacher_seed=bench.teacher_seed,
-        student_seed=bench.student_seed,
+    p = bench.prepared
+    return bench.bare.bare_setup(
+        p.data.x_train,
+        p.data.y_train,
+        p.loaded.teacher_arch,
+        p.teacher_weights,
+        p.loaded.student_arch,
+        p.student_weights,
+        p.student_optimizer,
+        p.loss,
+        device=bench.backend.device,
+        teacher_seed=p.teacher_seed,
+        student_seed=p.student_seed,
     )
 
 
 def bare_lrs(bench: Bench, plan: BatchPlan) -> np.ndarray:
     """The learning rates train_phase uses for this plan."""
-    return learning_rates(bench.loaded.spec.student, plan)
+    return learning_rates(bench.prepared.spec.student, plan)
 
 
 def split_plan(plan: BatchPlan, warmup: int, epochs: int) -> tuple[BatchPlan, list[BatchPlan]]:
@@ -199,15 +168,15 @@ class HarnessSide:
     def __init__(self, bench: Bench, warm: BatchPlan) -> None:
         self.bench = bench
         self.state, _ = harness_run(bench, harness_state(bench), warm)
-        bench.backend.sync()
+        bench.backend.sync(self.state)
 
     def timed(self, plan: BatchPlan) -> Timing:
         backend = self.bench.backend
         c0, t0 = time.process_time(), time.perf_counter()
         self.state, stats = harness_run(self.bench, self.state, plan)
-        backend.sync()  # train_phase already synced at its last step; a no-op here
+        backend.sync(self.state)  # train_phase already synced its last step; a no-op here
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        return Timing(wall, cpu, np.asarray(stats["loss_epochs"], dtype=np.float64))
+        return Timing(wall, cpu, np.asarray(stats.loss_epochs, dtype=np.float64))
 
 
 class BareSide:
@@ -218,10 +187,10 @@ class BareSide:
     harness computes them inside train_phase (a few microseconds per phase).
     """
 
-    def __init__(self, bench: Bench, bare: ModuleType, warm: BatchPlan) -> None:
-        self.bench, self.bare = bench, bare
-        self.run = bare_run(bench, bare)
-        bare.bare_distill_loop(self.run, warm.indices, bare_lrs(bench, warm))
+    def __init__(self, bench: Bench, warm: BatchPlan) -> None:
+        self.bench, self.bare = bench, bench.bare
+        self.run = bare_run(bench)
+        self.bare.bare_distill_loop(self.run, warm.indices, bare_lrs(bench, warm))
 
     def timed(self, plan: BatchPlan) -> Timing:
         lrs = bare_lrs(self.bench, plan)
@@ -254,12 +223,11 @@ def measure(
     """
     started = time.perf_counter()
     bench = prepare(backend_name, seed=seed, settings=settings)
-    bare = bare_module(backend_name)
     epochs = max(1, round(steps / bench.plan.steps_per_epoch))
     warm, blocks = split_plan(bench.plan, bench.cell.warmup, epochs)
     pairs: list[tuple[Timing, Timing]] = []
     for r in range(repeats):
-        sides = {"harness": HarnessSide(bench, warm), "bare": BareSide(bench, bare, warm)}
+        sides = {"harness": HarnessSide(bench, warm), "bare": BareSide(bench, warm)}
         for k, block in enumerate(blocks):
             # Swap the order each block: a drift in the load then favours neither side.
             order = ("harness", "bare") if (r * len(blocks) + k) % 2 == 0 else ("bare", "harness")
@@ -293,12 +261,12 @@ def summarise(
     env = bench.backend.environment()
     return {
         "backend": backend_name,
-        "framework": env.get("framework"),
-        "framework_version": env.get("framework_version"),
-        "device": env.get("device"),
-        "compile_mode": env.get("compile_mode"),
-        "intra_op_threads": env.get("intra_op_threads"),
-        "spec": bench.loaded.spec.name,
+        "framework": env.framework,
+        "framework_version": env.framework_version,
+        "device": env.device,
+        "compile_mode": env.compile_mode,
+        "intra_op_threads": env.intra_op_threads,
+        "spec": bench.prepared.spec.name,
         "phase": "distill",
         "teacher_weights": "initial (untrained)",
         "batch_size": blocks[0].batch_size,

@@ -1,0 +1,35 @@
+"""The ``kdbench`` command line: one module per verb, each with add_parser and run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kdbench.commands import compare, listing, report, run, show, validate
+from kdbench.commands.common import Parser, print_error
+from kdbench.errors import KdbenchError
+
+COMMANDS = (run, show, listing, validate, report, compare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="kdbench", description="Knowledge-distillation benchmarks across frameworks."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for command in COMMANDS:
+        command.add_parser(sub).set_defaults(func=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except KdbenchError as exc:
+        print_error(str(exc))
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

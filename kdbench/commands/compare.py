@@ -1,0 +1,101 @@
+"""``kdbench compare BASELINE CANDIDATE``: exit 1 when the candidate regressed.
+
+The rules are in kdbench.compare; this module reads the two runs, renders
+the verdicts and sets the exit status (2: bad input, or nothing compared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from kdbench.compare.model import Thresholds
+from kdbench.compare.render import render, to_json
+from kdbench.compare.verdicts import compare_records, load_side, provenance
+from kdbench.errors import KdbenchError
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "compare",
+        help="regression check: compare a candidate run with a baseline run",
+        description="Compare two runs cell by cell; exit 1 if the candidate regressed.",
+    )
+    p.add_argument("baseline", help="baseline run folder or results.jsonl")
+    p.add_argument("candidate", help="candidate run folder or results.jsonl")
+    d = Thresholds()
+    p.add_argument(
+        "--time-threshold",
+        "--threshold",
+        type=float,
+        default=d.time,
+        help=f"relative step-time change that counts (default {d.time:g}: 5%% slower)",
+    )
+    p.add_argument(
+        "--memory-threshold",
+        type=float,
+        default=d.memory,
+        help=f"relative peak-memory growth that counts (default {d.memory:g})",
+    )
+    p.add_argument(
+        "--accuracy-threshold",
+        type=float,
+        default=d.accuracy,
+        help=f"mean accuracy drop in points that counts (default {d.accuracy:g})",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=d.alpha,
+        help=f"significance level of the step-time tests (default {d.alpha:g})",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="compare cells whose device, settings or spec content differ (marked as forced)",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the comparison as JSON ('-': stdout)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    th = Thresholds(args.time_threshold, args.memory_threshold, args.accuracy_threshold, args.alpha)
+    for name in ("time", "memory", "accuracy"):
+        if not getattr(th, name) >= 0:
+            raise KdbenchError(f"--{name}-threshold must be 0 or more (got {getattr(th, name)})")
+    if not 0 < th.alpha < 1:
+        raise KdbenchError(f"--alpha must be between 0 and 1 (got {th.alpha})")
+    base, base_warnings = load_side(args.baseline)
+    cand, cand_warnings = load_side(args.candidate)
+    cmp = compare_records(base, cand, th, args.force, (args.baseline, args.candidate))
+    cmp.warnings = base_warnings + cand_warnings
+    cmp.provenance = (provenance(base), provenance(cand))
+
+    # With --json - the JSON owns stdout, so the table goes to stderr.
+    to_stderr = args.json == "-"
+    stream = sys.stderr if to_stderr else sys.stdout
+    console = Console(file=stream, soft_wrap=False, width=None if stream.isatty() else 200)
+    render(cmp, console)
+    if args.json:
+        text = json.dumps(to_json(cmp), indent=2, allow_nan=False)
+        if args.json == "-":
+            sys.stdout.write(text + "\n")
+        else:
+            try:
+                Path(args.json).write_text(text + "\n", encoding="utf-8")
+            except OSError as exc:
+                raise KdbenchError(f"--json {args.json}: cannot write it ({exc})") from None
+    if not cmp.compared:
+        reasons: dict[str, int] = defaultdict(int)
+        for cell in cmp.cells:
+            reasons["refused" if cell.refused else cell.reason.split(":")[0]] += 1
+        listed = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
+        hint = "; --force compares the refused ones" if reasons.get("refused") else ""
+        raise KdbenchError(f"no cell could be compared ({listed}); see the table above{hint}")
+    return cmp.exit_code

@@ -1,0 +1,54 @@
+"""``kdbench list``: specs, matrices, datasets, architectures, methods, settings, backends."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from kdbench.architectures import ARCHITECTURES
+from kdbench.backends.base import backend_names, is_installed
+from kdbench.builtins import builtin_files
+from kdbench.commands.common import console
+from kdbench.errors import KdbenchError
+from kdbench.runner.matrix import load_matrix
+from kdbench.settings import allowed_values
+from kdbench.spec import METHODS, load_spec
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    return sub.add_parser("list", help="specs, datasets, architectures, methods, backends")
+
+
+def _described(kind: str, load: Any) -> None:
+    for name, path in builtin_files(kind).items():
+        try:
+            description = load(str(path)).description
+        except KdbenchError as exc:
+            description = f"INVALID: {exc}"
+        console.print(f"  {name:<16} {description}", markup=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kdbench.datasets import DATASETS, FILE_DATASETS
+
+    console.print("[bold]specs[/bold] (benchmarks/specs, installed as kdbench.specs)")
+    _described("spec", lambda path: load_spec(path).spec)
+    console.print("[bold]matrices[/bold] (benchmarks/matrices, installed as kdbench.matrices)")
+    _described("matrix", load_matrix)
+    console.print("[bold]datasets[/bold]")
+    for name in DATASETS:
+        where = "needs a folder (data.path or --data-dir)" if name in FILE_DATASETS else "built in"
+        console.print(f"  {name:<16} {where}")
+    console.print("[bold]architectures[/bold]")
+    for name, (description, _) in ARCHITECTURES.items():
+        console.print(f"  {name:<16} {description}")
+    console.print("[bold]methods[/bold]")
+    for name in METHODS:
+        console.print(f"  {name}")
+    console.print(f"[bold]compile modes[/bold]  {allowed_values('compile')}")
+    console.print(f"[bold]precisions[/bold]     {allowed_values('precision')}")
+    console.print("[bold]backends[/bold]")
+    for name in backend_names():
+        state = "installed" if is_installed(name) else "not installed"
+        console.print(f"  {name:<16} {state}")
+    return 0

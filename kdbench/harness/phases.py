@@ -1,0 +1,134 @@
+"""The timed loops of a cell: a training phase, and inference over a split.
+
+Every step is timed from dispatch until the backend has synchronised the
+work behind the step's outputs; the first warm-up steps are reported apart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kdbench.architectures import Architecture
+from kdbench.backends.base import Backend
+from kdbench.flops import forward_flops, phase_flops_per_step
+from kdbench.harness.prepare import PreparedCell
+from kdbench.harness.timing import efficiency, host_peak_rss, step_stats
+from kdbench.plan import BatchPlan, learning_rates
+from kdbench.records.schema import Phase
+from kdbench.spec import NetSpec
+
+Emit = Callable[[dict[str, Any]], None]
+EVAL_REPEATS = 10
+
+
+def no_emit(event: dict[str, Any]) -> None:
+    pass
+
+
+@dataclass
+class Cell:
+    """One cell at run time: its prepared inputs and the backend that runs them."""
+
+    prepared: PreparedCell
+    backend: Backend
+    emit: Emit = no_emit
+    peak_flops: float | None = None  # the matrix-multiply probe's rate
+
+    @property
+    def warmup(self) -> int:
+        return self.prepared.warmup
+
+
+def train_phase(
+    cell: Cell, phase: str, net: NetSpec, state: Any, data: Any, plan: BatchPlan
+) -> tuple[Any, Phase]:
+    """Train through the whole plan, timing every step from dispatch to sync."""
+    backend = cell.backend
+    lrs = learning_rates(net, plan)
+    times = np.empty(plan.total_steps)
+    epoch_losses: list[float] = []
+    loss0 = float("nan")
+    backend.reset_peak_memory()
+    started = time.perf_counter()
+    step = 0
+    for epoch in range(plan.epochs):
+        handles = []
+        for batch in range(plan.steps_per_epoch):
+            t0 = time.perf_counter()
+            state, loss = backend.train_step(state, data, plan.indices[epoch, batch], lrs[step])
+            backend.sync(state, loss)
+            times[step] = time.perf_counter() - t0
+            handles.append(loss)
+            step += 1
+        losses = backend.to_numpy(handles).astype(np.float64)
+        if epoch == 0:
+            loss0 = float(losses[0])
+        epoch_losses.append(float(losses.mean()))
+        cell.emit({"phase": phase, "epoch": epoch + 1, "epochs": plan.epochs})
+    wall = time.perf_counter() - started
+    if not np.all(np.isfinite(epoch_losses)):
+        raise FloatingPointError(f"{phase}: the training loss is not finite: {epoch_losses}")
+    timing = step_stats(times, cell.warmup, plan.batch_size)
+    loaded = cell.prepared.loaded
+    flops = phase_flops_per_step(phase, loaded.teacher_arch, loaded.student_arch, plan.batch_size)
+    stats = Phase(
+        steps=plan.total_steps,
+        samples=plan.total_steps * plan.batch_size,
+        epochs=plan.epochs,
+        batch_size=plan.batch_size,
+        wall_s=wall,
+        loss_step0=loss0,
+        loss_epochs=epoch_losses,
+        **timing,
+        **efficiency(flops, timing["step_time_median_s"], cell.peak_flops),
+        device_peak_bytes=backend.peak_memory(),
+        host_peak_rss_bytes=host_peak_rss(),
+        step_times_s=[round(float(t), 9) for t in times],
+    )
+    return state, stats
+
+
+def predict_all(
+    cell: Cell, model: Any, data: Any, n: int, batch: int
+) -> tuple[np.ndarray, list[float]]:
+    """Logits for a whole split, batch by batch, and each batch's synced time."""
+    backend = cell.backend
+    logits, times = [], []
+    for start in range(0, n, batch):
+        idx = np.arange(start, min(start + batch, n), dtype=np.int32)
+        t0 = time.perf_counter()
+        out = backend.predict(model, data, idx)
+        backend.sync(out)
+        times.append(time.perf_counter() - t0)
+        logits.append(backend.to_numpy(out))
+    return np.concatenate(logits), times
+
+
+def eval_phase(cell: Cell, model: Any, arch: Architecture, data: Any, batch: int) -> Phase:
+    """Inference speed: one warm-up batch, then EVAL_REPEATS timed batches.
+
+    Accuracy comes from predict_all over the whole split; this times a fixed
+    full batch so every framework runs one static shape.
+    """
+    backend = cell.backend
+    idx = np.arange(batch, dtype=np.int32)
+    backend.reset_peak_memory()
+    times = []
+    for _ in range(1 + EVAL_REPEATS):
+        t0 = time.perf_counter()
+        out = backend.predict(model, data, idx)
+        backend.sync(out)
+        times.append(time.perf_counter() - t0)
+    timing = step_stats(np.array(times), 1, batch)
+    return Phase(
+        batch_size=batch,
+        **timing,
+        **efficiency(forward_flops(arch) * batch, timing["step_time_median_s"], cell.peak_flops),
+        device_peak_bytes=backend.peak_memory(),
+        step_times_s=[round(t, 9) for t in times],
+    )

@@ -1,0 +1,88 @@
+"""Everything a cell needs before any framework touches it, built in numpy.
+
+The harness, the overhead benchmark and the step benchmarks all start here,
+so they run the same data, weights, batches and loss for a (spec, seed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kdbench.backends.base import LossConfig, Weights
+from kdbench.datasets import Dataset, load_dataset
+from kdbench.initial_weights import init_weights
+from kdbench.plan import BatchPlan, make_plan, rng_for
+from kdbench.spec import LoadedSpec, Spec
+
+
+@dataclass(frozen=True)
+class PreparedCell:
+    """The framework-free inputs of one (spec, seed)."""
+
+    loaded: LoadedSpec
+    seed: int
+    data: Dataset
+    teacher_weights: Weights
+    student_weights: Weights  # the scratch and the distilled student start here
+    teacher_plan: BatchPlan
+    student_plan: BatchPlan  # and see the same batches in the same order
+    teacher_seed: int  # the frameworks' own dropout streams, per model
+    scratch_seed: int
+    student_seed: int
+    loss: LossConfig  # the distillation loss (the scratch student uses "none")
+    teacher_optimizer: dict[str, Any]
+    student_optimizer: dict[str, Any]
+
+    @property
+    def spec(self) -> Spec:
+        return self.loaded.spec
+
+    @property
+    def warmup(self) -> int:
+        return self.loaded.spec.measure.warmup_steps
+
+
+def load_spec_data(spec: Spec, seed: int, data_dir: str | None = None) -> Dataset:
+    """The spec's dataset, split and normalised for this seed."""
+    d = spec.data
+    return load_dataset(
+        d.dataset,
+        seed=seed,
+        path=data_dir or d.path,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        train_limit=d.train_limit,
+        synthetic_samples=d.samples or 2048,
+        synthetic_shape=tuple(d.shape) if d.shape else (28, 28, 1),
+        synthetic_classes=d.classes or 10,
+    )
+
+
+def prepare_cell(loaded: LoadedSpec, seed: int, data_dir: str | None = None) -> PreparedCell:
+    """Data, initial weights, batch plans and loss of one cell, each from its own
+    random stream of the seed (rng_for), so adding one never shifts another."""
+    spec = loaded.spec
+    data = load_spec_data(spec, seed, data_dir)
+    n_train = len(data.y_train)
+    dropout = rng_for(seed, "dropout").integers(0, 2**31 - 1, size=3)
+    distill = spec.distill
+    return PreparedCell(
+        loaded=loaded,
+        seed=seed,
+        data=data,
+        teacher_weights=init_weights(loaded.teacher_arch, rng_for(seed, "teacher-init")),
+        student_weights=init_weights(loaded.student_arch, rng_for(seed, "student-init")),
+        teacher_plan=make_plan(
+            n_train, spec.teacher.batch_size, spec.teacher.epochs, rng_for(seed, "teacher-plan")
+        ),
+        student_plan=make_plan(
+            n_train, spec.student.batch_size, spec.student.epochs, rng_for(seed, "student-plan")
+        ),
+        teacher_seed=int(dropout[0]),
+        scratch_seed=int(dropout[1]),
+        student_seed=int(dropout[2]),
+        loss=LossConfig(distill.method, distill.temperature, distill.alpha),
+        teacher_optimizer=spec.teacher.optimizer.resolved(),
+        student_optimizer=spec.student.optimizer.resolved(),
+    )

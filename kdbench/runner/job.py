@@ -1,0 +1,44 @@
+"""One cell to run: what the runner hands the cell's process."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdbench.settings import Settings
+
+
+@dataclass(frozen=True)
+class CellJob:
+    spec_path: str
+    backend: str
+    seed: int
+    settings: Settings  # resolved
+    run_id: str
+    record_file: str = ""
+    data_dir: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+    teacher_cache: str | None = None
+
+    @property
+    def cell_id(self) -> str:
+        """Unique within a run: what --resume matches finished cells by."""
+        base = f"{Path(self.spec_path).stem}/{self.backend}/seed{self.seed}"
+        return f"{base}/{self.label}" if self.label else base
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "settings": self.settings.as_dict()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict())
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> CellJob:
+        return cls(**{**raw, "settings": Settings(**raw["settings"])})
+
+    @classmethod
+    def from_json(cls, text: str) -> CellJob:
+        return cls.from_dict(json.loads(text))

@@ -9,7 +9,6 @@ import importlib.metadata
 from typing import Any
 
 from kdbench.backends.base import installed_backends
-
 from kdbench.host import host_environment
 
 FRAMEWORK_DISTRIBUTIONS = (

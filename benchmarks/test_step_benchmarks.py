@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kdbench.backends.base import Settings, backend_names, get_backend, is_installed
 
+from kdbench.backends.base import Settings, backend_names, get_backend, is_installed
 from kdbench.harness.prepare import prepare_cell
 from kdbench.spec import load_spec
 

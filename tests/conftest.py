@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from kdbench.backends.base import Backend, Settings, backend_names, get_backend, is_installed
 
 MARKS = {"pytorch": "torch", "tensorflow": "tensorflow", "jax": "jax"}

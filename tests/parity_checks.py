@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from kdbench.backends.base import Backend, LossConfig
 from oracles import backward, network
 from oracles.losses import distill_loss, distill_loss_grad
 from oracles.optimizers import ReferenceOptimizer
@@ -26,6 +25,7 @@ from kdbench.architectures import (
     ReLU,
     resolve,
 )
+from kdbench.backends.base import Backend, LossConfig
 from kdbench.initial_weights import init_weights
 from kdbench.plan import make_plan, rng_for
 

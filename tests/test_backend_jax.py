@@ -15,12 +15,12 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 from conftest import backend
-from kdbench.backends.base import LossConfig, Settings, is_installed
 from oracles import network
 from oracles.losses import distill_loss
 from parity_checks import parity_architectures, weights
 
 from kdbench.architectures import Dense, Dropout, Flatten, ReLU, resolve
+from kdbench.backends.base import LossConfig, Settings, is_installed
 
 jax = pytest.importorskip("jax")
 pytestmark = pytest.mark.jax

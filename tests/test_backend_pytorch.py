@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import backend
-from kdbench.backends.base import LossConfig, Settings
 from parity_checks import parity_architectures, weights
 
 from kdbench.architectures import resolve
+from kdbench.backends.base import LossConfig, Settings
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch

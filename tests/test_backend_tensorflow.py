@@ -16,7 +16,6 @@ import textwrap
 import numpy as np
 import pytest
 from conftest import backend
-from kdbench.backends.base import LossConfig, Settings, is_installed
 from oracles import network
 from oracles.losses import distill_loss
 from oracles.optimizers import ReferenceOptimizer
@@ -31,6 +30,7 @@ from parity_checks import (
 )
 
 from kdbench.architectures import Dense, Dropout, Flatten, ReLU, resolve
+from kdbench.backends.base import LossConfig, Settings, is_installed
 
 tf = pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.tensorflow

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import conftest
 import pytest
-from kdbench.backends.base import is_installed
 
+from kdbench.backends.base import is_installed
 from kdbench.records import SCHEMA_VERSION
 
 needs_torch = pytest.mark.skipif(not is_installed("pytorch"), reason="torch is not installed")
@@ -137,7 +137,6 @@ def test_bad_command_lines_are_one_line_errors(
 
 def test_a_backend_that_is_not_installed_is_a_one_line_error(monkeypatch, capsys) -> None:
     import kdbench.backends.base
-
     from kdbench.commands import main
 
     monkeypatch.setattr(kdbench.backends.base, "is_installed", lambda name: name != "jax")

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import tiny_spec
-from kdbench.backends.base import is_installed
 
+from kdbench.backends.base import is_installed
 from kdbench.compare import (
     FASTER,
     NOT_COMPARABLE,

@@ -41,8 +41,9 @@ def _first_layer_flops(arch) -> int:
 @pytest.mark.parametrize("name", list(ARCHS))
 def test_matches_torch_flop_counter(name: str) -> None:
     torch = pytest.importorskip("torch")
-    from kdbench.backends.pytorch.model import build_module
     from torch.utils.flop_counter import FlopCounterMode
+
+    from kdbench.backends.pytorch.model import build_module
 
     arch = ARCHS[name]
     module = build_module(arch)

@@ -15,8 +15,8 @@ from functools import cache
 import numpy as np
 import pytest
 from conftest import backend, backend_params
-from kdbench.backends.base import Environment
 
+from kdbench.backends.base import Environment
 from kdbench.plan import BatchPlan
 from kdbench.tools import overhead
 from kdbench.tools.overhead import Bench, Timing

@@ -18,7 +18,6 @@ from functools import cache
 import numpy as np
 import pytest
 from conftest import backend, backend_params
-from kdbench.backends.base import is_installed
 from oracles import backward, network
 from oracles.losses import distill_loss
 from parity_checks import (
@@ -43,6 +42,7 @@ from parity_checks import (
 )
 
 from kdbench.architectures import Conv2D, Dense, Flatten, MaxPool, ReLU, resolve
+from kdbench.backends.base import is_installed
 from kdbench.initial_weights import init_weights
 from kdbench.plan import rng_for
 

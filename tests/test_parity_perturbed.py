@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import backend, backend_params
-from kdbench.backends.base import is_installed
 from parity_checks import (
     GRAD_TOL,
     TRAJECTORY_SAMPLES,
@@ -32,11 +31,14 @@ from parity_checks import (
     trajectory_run,
 )
 
+from kdbench.backends.base import is_installed
+
 if is_installed("pytorch"):
-    import kdbench.backends.pytorch.backend as torch_backend
-    import kdbench.backends.pytorch.model as torch_model
     import torch
     import torch.nn.functional as F
+
+    import kdbench.backends.pytorch.backend as torch_backend
+    import kdbench.backends.pytorch.model as torch_model
     from kdbench.backends.pytorch.losses import distill_loss
 
 ARCHS = parity_architectures()

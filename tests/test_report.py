@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import tiny_spec
-from kdbench.backends.base import is_installed
 
+from kdbench.backends.base import is_installed
 from kdbench.errors import KdbenchError
 from kdbench.report import FORMATS, parse_formats, write_report
 from kdbench.report.aggregate import build

@@ -30,6 +30,8 @@ import jaxlib  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax._src import xla_bridge  # noqa: E402 - backends_are_initialized has no public name
+
+from kdbench.architectures import Architecture  # noqa: E402
 from kdbench.backends.base import (  # noqa: E402
     Backend,
     BareLoop,
@@ -48,8 +50,6 @@ from kdbench.backends.jax.model import (  # noqa: E402
     read_weights,
 )
 from kdbench.backends.jax.optim import make_optimizer, set_lr  # noqa: E402
-
-from kdbench.architectures import Architecture  # noqa: E402
 
 # XLA:CPU sizes its intra-op (Eigen) thread pool and its dispatch pool from
 # this variable when the CPU client is created (xla::DefaultThreadPoolSize:

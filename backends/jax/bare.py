@@ -44,12 +44,12 @@ from typing import Any  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+
+from kdbench.architectures import Architecture  # noqa: E402
 from kdbench.backends.base import LossConfig, Weights  # noqa: E402
 from kdbench.backends.jax.losses import distill_loss  # noqa: E402
 from kdbench.backends.jax.model import Params, build_module, load_weights  # noqa: E402
 from kdbench.backends.jax.optim import make_optimizer, set_lr  # noqa: E402
-
-from kdbench.architectures import Architecture  # noqa: E402
 
 State = tuple[Params, Any, jax.Array]  # params, optimizer state, step counter (int32)
 

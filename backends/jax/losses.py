@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+
 from kdbench.backends.base import LossConfig
 
 

@@ -15,9 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from kdbench.backends.base import Weights
 
 from kdbench.architectures import Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool, ReLU
+from kdbench.backends.base import Weights
 
 Params = dict[str, dict[str, jax.Array]]
 

@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from kdbench.architectures import Architecture
 from kdbench.backends.base import LossConfig, Weights
 from kdbench.backends.pytorch.losses import distill_loss
 from kdbench.backends.pytorch.model import build_module, load_weights
 from kdbench.backends.pytorch.optim import make_optimizer, set_lr
-from torch import nn
-
-from kdbench.architectures import Architecture
 
 
 @dataclass

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from kdbench.backends.base import Weights
 from torch import nn
 
 from kdbench.architectures import Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool, ReLU
+from kdbench.backends.base import Weights
 
 
 class FlattenNHWC(nn.Module):

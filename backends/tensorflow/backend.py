@@ -22,6 +22,8 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from kdbench.architectures import Architecture  # noqa: E402
 from kdbench.backends.base import (  # noqa: E402
     Backend,
     BareLoop,
@@ -39,8 +41,6 @@ from kdbench.backends.tensorflow.model import (  # noqa: E402
     read_weights,
 )
 from kdbench.backends.tensorflow.optim import Optimizer, learning_rate, make_optimizer  # noqa: E402
-
-from kdbench.architectures import Architecture  # noqa: E402
 
 COMPILE_MODES = {"default": "tf.function", "compiled": "tf.function+xla", "eager": "eager"}
 

@@ -45,12 +45,12 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from kdbench.architectures import Architecture  # noqa: E402
 from kdbench.backends.base import LossConfig, Weights  # noqa: E402
 from kdbench.backends.tensorflow.losses import distill_loss  # noqa: E402
 from kdbench.backends.tensorflow.model import TFModule, build_module, load_weights  # noqa: E402
 from kdbench.backends.tensorflow.optim import make_optimizer  # noqa: E402
-
-from kdbench.architectures import Architecture  # noqa: E402
 
 
 @dataclass

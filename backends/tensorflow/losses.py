@@ -10,6 +10,7 @@ term, (1 - alpha) the label cross-entropy.
 from __future__ import annotations
 
 import tensorflow as tf
+
 from kdbench.backends.base import LossConfig
 
 

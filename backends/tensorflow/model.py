@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
-from kdbench.backends.base import Weights
 
 from kdbench.architectures import Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool, ReLU
+from kdbench.backends.base import Weights
 
 
 class TFModule(tf.Module):

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import backend_params
 
+from kdbench.backends.base import is_installed
 from kdbench.errors import KdbenchError
 from kdbench.runner.matrix import builtin_matrices, load_matrix
+
+needs_torch = pytest.mark.skipif(not is_installed("pytorch"), reason="torch is not installed")
 
 MATRIX = """
 name = "m"
@@ -81,6 +84,7 @@ def test_unknown_matrix_name() -> None:
         load_matrix("nope")
 
 
+@needs_torch
 @pytest.mark.torch
 @pytest.mark.slow
 def test_interrupt_then_resume_loses_nothing_and_repeats_nothing(tmp_path: Path) -> None:
@@ -124,6 +128,7 @@ def test_interrupt_then_resume_loses_nothing_and_repeats_nothing(tmp_path: Path)
     assert final[: len(first)] == first  # nothing rewritten
 
 
+@needs_torch
 @pytest.mark.torch
 @pytest.mark.slow
 def test_teacher_cache_trains_each_teacher_once(tmp_path: Path) -> None:

@@ -207,10 +207,11 @@ def resolve(
         if name not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {name!r}; allowed: {', '.join(ARCHITECTURES)}")
         built = ARCHITECTURES[name][1](classes)
-    else:
-        assert layers is not None
+    elif layers is not None:
         built = list(layers)
         name = "inline"
+    else:
+        raise ValueError("give a named architecture or a list of layers")
     arch = Architecture(name=name, layers=tuple(built), input_shape=input_shape, classes=classes)
     shape: tuple[int, ...] = input_shape
     for index, layer in enumerate(arch.layers):

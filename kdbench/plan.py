@@ -69,5 +69,6 @@ def learning_rates(net: NetSpec, plan: BatchPlan) -> np.ndarray:
         return base * 0.5 * (1.0 + np.cos(math.pi * steps / plan.total_steps))
     epoch = steps // plan.steps_per_epoch
     gamma = 0.1 if schedule.gamma is None else schedule.gamma
-    assert schedule.every_epochs is not None
+    if schedule.every_epochs is None:  # the spec refuses this; a guard for direct callers
+        raise ValueError("schedule 'step' needs every_epochs")
     return base * gamma ** (epoch // schedule.every_epochs)

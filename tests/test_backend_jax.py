@@ -262,12 +262,13 @@ def test_environment_records_the_flags_in_force(jb) -> None:
 _FRESH = """
 import json, os, sys
 from kdbench.backends.base import Settings
-from kdbench.backends.jax.backend import JaxBackend, _pool_threads
+from kdbench.backends.jax.backend import JaxBackend
+from kdbench.backends.jax.runtime import pool_threads
 b = JaxBackend()
 b.setup(Settings(threads=int(sys.argv[1]), deterministic=True, precision="tf32"))
 import jax.numpy as jnp
 (jnp.ones((256, 256)) @ jnp.ones((256, 256))).block_until_ready()
-print(json.dumps({"env": b.environment().as_dict(), "counted": _pool_threads()}))
+print(json.dumps({"env": b.environment().as_dict(), "counted": pool_threads()}))
 """
 
 

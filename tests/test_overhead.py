@@ -18,8 +18,9 @@ from conftest import backend, backend_params
 
 from kdbench.backends.base import Environment
 from kdbench.plan import BatchPlan
-from kdbench.tools import overhead
-from kdbench.tools.overhead import Bench, Timing
+from kdbench.tools.overhead import measure as overhead
+from kdbench.tools.overhead.cli import table
+from kdbench.tools.overhead.measure import Bench, Timing
 
 STEPS = 4
 
@@ -168,7 +169,7 @@ def test_table_shows_every_backend_and_failures() -> None:
     }
     failed = {"backend": "tensorflow", "error": "exit 1: boom"}
     console = Console(width=250, record=True)
-    console.print(overhead.table([ok, failed], "t"))
+    console.print(table([ok, failed], "t"))
     text = console.export_text()
     assert "jax.jit" in text and "9,800" in text and "0.980" in text and "2.0" in text
     assert "exit 1: boom" in text and "exactly" in text and "yes" in text

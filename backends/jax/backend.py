@@ -23,13 +23,10 @@ from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any, NamedTuple  # noqa: E402
 
-import flax  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import jaxlib  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from jax._src import xla_bridge  # noqa: E402 - backends_are_initialized has no public name
 
 from kdbench.architectures import Architecture  # noqa: E402
 from kdbench.backends.base import (  # noqa: E402
@@ -40,6 +37,7 @@ from kdbench.backends.base import (  # noqa: E402
     Settings,
     Weights,
 )
+from kdbench.backends.jax import runtime  # noqa: E402
 from kdbench.backends.jax.losses import distill_loss  # noqa: E402
 from kdbench.backends.jax.model import (  # noqa: E402
     Net,
@@ -50,15 +48,6 @@ from kdbench.backends.jax.model import (  # noqa: E402
     read_weights,
 )
 from kdbench.backends.jax.optim import make_optimizer, set_lr  # noqa: E402
-
-# XLA:CPU sizes its intra-op (Eigen) thread pool and its dispatch pool from
-# this variable when the CPU client is created (xla::DefaultThreadPoolSize:
-# PJRT_NPROC, then NPROC, then the schedulable cores). XLA_FLAGS such as
-# --xla_cpu_multi_thread_eigen only switch Eigen's threading on or off, and
-# jax_num_cpu_devices makes more devices, not more threads.
-THREADS_ENV = "PJRT_NPROC"
-DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
-POOL_THREAD_NAME = "tf_XLAEigen"  # the intra-op pool's threads, as /proc shows them
 
 
 @dataclass
@@ -160,46 +149,6 @@ def _arrays(handle: Any) -> Any:
     return handle
 
 
-def _pool_threads() -> int | None:
-    """Threads of XLA:CPU's intra-op pool in this process, counted in /proc."""
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return None
-    count = 0
-    for task in tasks:
-        try:
-            with open(f"/proc/self/task/{task}/comm") as f:
-                count += f.read().strip() == POOL_THREAD_NAME
-        except OSError:  # the thread ended while we looked
-            continue
-    return count or None
-
-
-def _default_pool_size() -> int:
-    """What xla::DefaultThreadPoolSize would pick from the environment now."""
-    for name in (THREADS_ENV, "NPROC"):
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _cuda_versions() -> tuple[str | None, int | None]:
-    try:
-        from jax._src.lib import cuda_versions  # private; None without the CUDA plugin
-    except ImportError:
-        return None, None
-    if cuda_versions is None:
-        return None, None
-    try:
-        cuda = int(cuda_versions.cuda_runtime_get_version())
-        cudnn = int(cuda_versions.cudnn_get_version())
-    except Exception:  # noqa: BLE001 - report what we can, never fail a cell on it
-        return None, None
-    return f"{cuda // 1000}.{cuda % 1000 // 10}", cudnn
-
-
 class JaxBackend(Backend):
     name = "jax"
 
@@ -209,32 +158,7 @@ class JaxBackend(Backend):
         self.flags_before_init = False  # whether setup ran before XLA created its clients
 
     def apply_settings(self, settings: Settings) -> None:
-        # Env vars only act if they are set before JAX creates its clients;
-        # each cell is a fresh process, so in a benchmark they always are.
-        self.flags_before_init = not xla_bridge.backends_are_initialized()
-        if self.flags_before_init:
-            os.environ[THREADS_ENV] = str(settings.threads)
-            flags = os.environ.get("XLA_FLAGS", "").split()
-            flags = [f for f in flags if not f.startswith("--xla_gpu_deterministic_ops")]
-            if settings.deterministic:
-                flags.append(DETERMINISTIC_FLAG)
-            os.environ["XLA_FLAGS"] = " ".join(flags)
-            if settings.device == "cpu":  # a CPU cell leaves any GPU alone
-                jax.config.update("jax_platforms", "cpu")
-        tf32 = settings.precision == "tf32"
-        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "highest")
-        if settings.device == "gpu":
-            try:
-                self._device = jax.devices("gpu")[0]
-            except RuntimeError as exc:
-                raise RuntimeError(
-                    f"device 'gpu' was asked for but jax sees no GPU ({exc})"
-                ) from None
-        elif settings.device == "cpu":
-            self._device = jax.devices("cpu")[0]
-        else:
-            self._device = jax.devices()[0]
-        jax.config.update("jax_default_device", self.device)
+        self._device, self.flags_before_init = runtime.apply_settings(settings)
 
     @property
     def device(self) -> jax.Device:
@@ -250,59 +174,8 @@ class JaxBackend(Backend):
     def compile_mode(self) -> str:
         return "jax.jit" if self.jit else "jax.eager"
 
-    def _memory_stats(self) -> dict[str, Any] | None:
-        try:
-            return self.device.memory_stats()
-        except Exception:  # noqa: BLE001 - some platforms raise instead of returning None
-            return None
-
     def environment(self) -> Environment:
-        gpu = self.device.platform == "gpu"
-        cuda, cudnn = _cuda_versions() if gpu else (None, None)
-        precision = jax.config.jax_default_matmul_precision
-        tf32 = precision == "tensorfloat32"
-        counted = _pool_threads()
-        stats = self._memory_stats()
-        has_peak = bool(stats) and "peak_bytes_in_use" in stats
-        flags = os.environ.get("XLA_FLAGS", "")
-        return Environment(
-            framework="jax",
-            framework_version=jax.__version__,
-            device=self.device.device_kind if gpu else "cpu",
-            device_kind="gpu" if gpu else "cpu",
-            cuda_version=cuda,
-            cudnn_version=cudnn,
-            compile_mode=self.compile_mode,
-            intra_op_threads=counted if counted is not None else _default_pool_size(),
-            inter_op_threads=None,
-            tf32_matmul=tf32,
-            tf32_conv=tf32,  # flax convs follow the same default precision
-            deterministic=self.flags_before_init and DETERMINISTIC_FLAG in flags.split(),
-            memory_counter=(
-                "memory_stats()['peak_bytes_in_use'] (process high-water mark; JAX cannot reset it)"
-            )
-            if has_peak
-            else None,
-            extra={
-                "jaxlib_version": jaxlib.__version__,
-                "flax_version": flax.__version__,
-                "optax_version": optax.__version__,
-                "flax_api": "linen",
-                "threads_knob": f"{THREADS_ENV}={os.environ.get(THREADS_ENV)}",
-                "threads_note": (
-                    "XLA:CPU has one intra-op pool, sized by PJRT_NPROC when the client is "
-                    "created; independent ops share it, there is no separate inter-op pool"
-                    + ("" if self.flags_before_init else "; setup ran after the client existed")
-                ),
-                "matmul_precision": precision,
-                "deterministic_note": None
-                if gpu
-                else "XLA:CPU has no nondeterministic-ops switch; the flag only acts on GPU",
-                "xla_flags": flags,
-                # None: every cell compiles from scratch, so warm-up times are comparable.
-                "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
-            },
-        )
+        return runtime.environment(self.device, self.compile_mode, self.flags_before_init)
 
     def bare_loop(self) -> BareLoop:
         from kdbench.backends.jax import bare
@@ -439,7 +312,7 @@ class JaxBackend(Backend):
         every cell is a fresh process, so it never spans two cells. None where
         the device keeps no statistics (CPU).
         """
-        stats = self._memory_stats()
+        stats = runtime.memory_stats(self.device)
         if not stats or "peak_bytes_in_use" not in stats:
             return None
         return int(stats["peak_bytes_in_use"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +11,7 @@ from torch import nn
 
 from kdbench.architectures import Architecture
 from kdbench.backends.base import Backend, BareLoop, Environment, LossConfig, Settings, Weights
+from kdbench.backends.pytorch import runtime
 from kdbench.backends.pytorch.losses import distill_loss
 from kdbench.backends.pytorch.model import build_module, load_weights, read_grads, read_weights
 from kdbench.backends.pytorch.optim import make_optimizer, set_lr
@@ -51,44 +50,14 @@ class PyTorchBackend(Backend):
         return self._device
 
     def apply_settings(self, settings: Settings) -> None:
-        if settings.device == "gpu" and not torch.cuda.is_available():
-            raise RuntimeError("device 'gpu' was asked for but torch sees no CUDA device")
-        use_cuda = settings.device != "cpu" and torch.cuda.is_available()
-        self._device = torch.device("cuda" if use_cuda else "cpu")
-        torch.set_num_threads(settings.threads)
-        # Settable once per process; a second setup keeps what is in force.
-        with contextlib.suppress(RuntimeError):
-            torch.set_num_interop_threads(settings.threads)
-        tf32 = settings.precision == "tf32"
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch.set_float32_matmul_precision("high" if tf32 else "highest")
-        if settings.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
+        self._device = runtime.apply_settings(settings)
 
     @property
     def compile_mode(self) -> str:
         return "torch.compile" if self.settings.compile == "compiled" else "eager"
 
     def environment(self) -> Environment:
-        cuda = self.device.type == "cuda"
-        return Environment(
-            framework="torch",
-            framework_version=torch.__version__,
-            device=torch.cuda.get_device_name(self.device) if cuda else "cpu",
-            device_kind="gpu" if cuda else "cpu",
-            cuda_version=torch.version.cuda if cuda else None,
-            cudnn_version=torch.backends.cudnn.version() if cuda else None,
-            compile_mode=self.compile_mode,
-            intra_op_threads=torch.get_num_threads(),
-            inter_op_threads=torch.get_num_interop_threads(),
-            tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32),
-            tf32_conv=bool(torch.backends.cudnn.allow_tf32),
-            deterministic=torch.are_deterministic_algorithms_enabled(),
-            memory_counter="torch.cuda.max_memory_allocated" if cuda else None,
-        )
+        return runtime.environment(self.device, self.compile_mode)
 
     def bare_loop(self) -> BareLoop:
         from kdbench.backends.pytorch import bare

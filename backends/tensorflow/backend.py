@@ -10,7 +10,6 @@ tensor of a fixed shape, so the step is traced once per phase.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 # Quiet TF's C++ INFO and WARNING lines (errors still print); must precede the import.
@@ -32,6 +31,7 @@ from kdbench.backends.base import (  # noqa: E402
     Settings,
     Weights,
 )
+from kdbench.backends.tensorflow import runtime  # noqa: E402
 from kdbench.backends.tensorflow.losses import distill_loss  # noqa: E402
 from kdbench.backends.tensorflow.model import (  # noqa: E402
     TFModule,
@@ -95,16 +95,6 @@ class ByShape:
         return concrete(*args)
 
 
-def _op_determinism_enabled() -> bool:
-    """TF has no public getter; the private one has been stable since 2.9."""
-    try:
-        from tensorflow.python.framework import config as tf_config
-
-        return bool(tf_config.is_op_determinism_enabled())
-    except (ImportError, AttributeError):  # pragma: no cover - older or newer TF
-        return False
-
-
 class TensorFlowBackend(Backend):
     name = "tensorflow"
 
@@ -118,58 +108,15 @@ class TensorFlowBackend(Backend):
         return self._device
 
     def apply_settings(self, settings: Settings) -> None:
-        gpus = tf.config.list_physical_devices("GPU")
-        if settings.device == "gpu" and not gpus:
-            raise RuntimeError("device 'gpu' was asked for but tensorflow sees no GPU")
-        for gpu in gpus:
-            # TF grabs the whole GPU otherwise; growth keeps in-use peaks comparable.
-            with contextlib.suppress(RuntimeError):  # GPUs already initialised here
-                tf.config.experimental.set_memory_growth(gpu, True)
-        if settings.device == "cpu" and gpus:
-            # Hide the GPUs: ops outside a device scope would otherwise land on them.
-            with contextlib.suppress(RuntimeError):
-                tf.config.set_visible_devices([], "GPU")
-        self.gpu = settings.device != "cpu" and bool(gpus)
+        self.gpu = runtime.apply_settings(settings)
         self._device = "/GPU:0" if self.gpu else "/CPU:0"
-        # Same number for both pools, as the PyTorch backend does.
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(settings.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(settings.threads)
-        except RuntimeError:  # runtime already started here; keep what is in force
-            pass
-        tf.config.experimental.enable_tensor_float_32_execution(settings.precision == "tf32")
-        if settings.deterministic:
-            tf.config.experimental.enable_op_determinism()
 
     @property
     def compile_mode(self) -> str:
         return COMPILE_MODES[self.settings.compile]
 
     def environment(self) -> Environment:
-        gpu = self.gpu
-        build = tf.sysconfig.get_build_info() if gpu else {}
-        device = "cpu"
-        if gpu:
-            details = tf.config.experimental.get_device_details(
-                tf.config.list_physical_devices("GPU")[0]
-            )
-            device = details.get("device_name", "gpu")
-        tf32 = bool(tf.config.experimental.tensor_float_32_execution_enabled())
-        return Environment(
-            framework="tensorflow",
-            framework_version=tf.__version__,
-            device=device,
-            device_kind="gpu" if gpu else "cpu",
-            cuda_version=build.get("cuda_version") if gpu else None,
-            cudnn_version=build.get("cudnn_version") if gpu else None,
-            compile_mode=self.compile_mode,
-            intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
-            inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads(),
-            tf32_matmul=tf32,
-            tf32_conv=tf32,  # one TF flag governs both
-            deterministic=_op_determinism_enabled(),
-            memory_counter="tf.config.experimental.get_memory_info['peak']" if gpu else None,
-        )
+        return runtime.environment(self.gpu, self.compile_mode)
 
     def bare_loop(self) -> BareLoop:
         from kdbench.backends.tensorflow import bare

@@ -25,6 +25,7 @@ from kdbench.report.quantities import (
     HOST_QUANTITIES,
     PHASE_NAMES,
     PHASE_QUANTITIES,
+    SETTING_NAMES,
     Quantity,
     Stat,
     as_text,
@@ -44,21 +45,6 @@ NOT_FAIRNESS = {column("settings.compile_mode"), column("settings.device")}
 UNKNOWN_DEVICE = "unknown device"
 # The row key inside a section.
 ROW = [column("spec.name"), "label", column("spec.hash"), "backend"]
-
-# Friendlier names for the settings listed under a section heading.
-SETTING_NAMES = {
-    column("settings.compile"): "compile",
-    column("settings.precision"): "precision",
-    column("settings.threads"): "threads",
-    column("settings.deterministic"): "deterministic",
-    column("settings.teacher_batch_size"): "teacher batch size",
-    column("settings.student_batch_size"): "student batch size",
-    column("settings.eval_batch_size"): "eval batch size",
-    column("settings.warmup_steps"): "warm-up steps (excluded from step times)",
-    column("settings.method"): "distillation method",
-    column("settings.temperature"): "temperature",
-    column("settings.alpha"): "alpha (weight of the distillation term)",
-}
 
 
 @dataclass

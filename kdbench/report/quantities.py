@@ -31,6 +31,22 @@ MIB = 1024.0**2
 CONFIDENCE = 0.95
 
 
+# Friendlier names for the settings listed under a section heading.
+SETTING_NAMES = {
+    column("settings.compile"): "compile",
+    column("settings.precision"): "precision",
+    column("settings.threads"): "threads",
+    column("settings.deterministic"): "deterministic",
+    column("settings.teacher_batch_size"): "teacher batch size",
+    column("settings.student_batch_size"): "student batch size",
+    column("settings.eval_batch_size"): "eval batch size",
+    column("settings.warmup_steps"): "warm-up steps (excluded from step times)",
+    column("settings.method"): "distillation method",
+    column("settings.temperature"): "temperature",
+    column("settings.alpha"): "alpha (weight of the distillation term)",
+}
+
+
 @dataclass(frozen=True)
 class Quantity:
     """One reported quantity: where it is in a record, and how it is shown."""

@@ -1,0 +1,50 @@
+"""How PyTorch applies the fairness settings, and how it reports them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from kdbench.backends.base import Environment, Settings
+
+
+def apply_settings(settings: Settings) -> torch.device:
+    """Threads, precision, determinism; returns the device cells run on."""
+    if settings.device == "gpu" and not torch.cuda.is_available():
+        raise RuntimeError("device 'gpu' was asked for but torch sees no CUDA device")
+    use_cuda = settings.device != "cpu" and torch.cuda.is_available()
+    torch.set_num_threads(settings.threads)
+    # Settable once per process; a second setup keeps what is in force.
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(settings.threads)
+    tf32 = settings.precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    if settings.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+def environment(device: torch.device, compile_mode: str) -> Environment:
+    """The flags in force, as torch reports them."""
+    cuda = device.type == "cuda"
+    return Environment(
+        framework="torch",
+        framework_version=torch.__version__,
+        device=torch.cuda.get_device_name(device) if cuda else "cpu",
+        device_kind="gpu" if cuda else "cpu",
+        cuda_version=torch.version.cuda if cuda else None,
+        cudnn_version=torch.backends.cudnn.version() if cuda else None,
+        compile_mode=compile_mode,
+        intra_op_threads=torch.get_num_threads(),
+        inter_op_threads=torch.get_num_interop_threads(),
+        tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32),
+        tf32_conv=bool(torch.backends.cudnn.allow_tf32),
+        deterministic=torch.are_deterministic_algorithms_enabled(),
+        memory_counter="torch.cuda.max_memory_allocated" if cuda else None,
+    )

@@ -1,0 +1,7 @@
+"""``python -m kdbench.tools.overhead``."""
+
+import sys
+
+from kdbench.tools.overhead.cli import main
+
+sys.exit(main())

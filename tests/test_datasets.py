@@ -632,10 +632,13 @@ def test_idx_wrong_image_size_is_refused(tmp_path: Path) -> None:
 
 
 def test_idx_damaged_gzip_is_refused(tmp_path: Path) -> None:
+    """A gzip download cut short: the header inflates, the payload's stream then ends."""
     fake_mnist(tmp_path)
-    (tmp_path / "t10k-images-idx3-ubyte").unlink()
+    plain = tmp_path / "t10k-images-idx3-ubyte"
+    packed = gzip.compress(plain.read_bytes())
+    plain.unlink()
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
-    path.write_bytes(gzip.compress(b"\0" * 4000)[:30])
+    path.write_bytes(packed[: len(packed) // 2])
     message = idx_error(tmp_path)
     assert f"{path} is a damaged gzip file" in message
 

@@ -21,25 +21,61 @@ accuracy, the gain and both agreements have exact expected values.
 
 from __future__ import annotations
 
+import math
 import resource
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import psutil
 import pytest
+from oracles.losses import distill_loss, distill_loss_grad, kl_soft, log_softmax
 
 from kdbench.architectures import Architecture, Conv2D, Dense, Flatten, ReLU, resolve
 from kdbench.backends.base import Backend, Environment, LossConfig, Settings, Weights
-from kdbench.compare import SAME, SLOWER, UNCERTAIN, Thresholds, compare_records
+from kdbench.compare import (
+    FASTER,
+    NOT_COMPARABLE,
+    SAME,
+    SLOWER,
+    UNCERTAIN,
+    Thresholds,
+    compare_records,
+)
+from kdbench.compare.stats import block_size, bootstrap_ratio_ci, can_be_significant, u_test
+from kdbench.compare.verdicts import cell_key, classify, compare_phase, provenance
+from kdbench.datasets import split
+from kdbench.datasets.split import (
+    RawData,
+    _allocate,
+    _block_rows,
+    channel_stats,
+    limit_train,
+    make_dataset,
+    normalise,
+    split_rng,
+)
+from kdbench.errors import KdbenchError
 from kdbench.flops import phase_flops_per_step
 from kdbench.harness import cell as cell_module
 from kdbench.harness.cell import run_cell
+from kdbench.harness.prepare import prepare_cell
 from kdbench.harness.timing import efficiency, host_peak_rss, step_stats
 from kdbench.initial_weights import init_weights
-from kdbench.plan import rng_for
-from kdbench.spec import load_spec
+from kdbench.plan import learning_rates, make_plan, rng_for
+from kdbench.records.schema import Phase, Record
+from kdbench.report.quantities import (
+    Quantity,
+    Stat,
+    as_text,
+    backend_order,
+    describe,
+    phases_of,
+)
+from kdbench.spec import NetSpec, OptimizerSpec, ScheduleSpec, load_spec
 
 # --- 1. steady-state step times --------------------------------------------------------
 
@@ -84,11 +120,22 @@ def test_efficiency_is_the_median_step_against_the_probe() -> None:
     assert efficiency(600, 2.0, None)["fraction_of_peak"] is None
 
 
-def test_host_peak_rss_is_the_high_water_mark_in_bytes() -> None:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _high_water_marks() -> tuple[int, int]:
+    """The kernel's two peak-RSS counters of this process, in bytes: VmHWM (this
+    memory map) and ru_maxrss (kept across exec)."""
+    hwm = 0
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+    return hwm, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def test_host_peak_rss_is_a_high_water_mark_in_bytes() -> None:
+    before = _high_water_marks()
     peak = host_peak_rss()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    assert before <= peak <= after
+    after = _high_water_marks()
+    assert any(b <= peak <= a for b, a in zip(before, after, strict=True)), (before, peak, after)
     assert peak >= psutil.Process().memory_info().rss // 2  # bytes, not KiB
 
 
@@ -166,13 +213,14 @@ class StubBackend(Backend):
 
     name = "stub"
     teacher_arch: Architecture | None = None  # set by the test before a run
+    device_kind = "cpu"
 
     def __init__(self) -> None:
         super().__init__()
         self.splits: list[int] = []  # the size of every split put on the device
         self.trained: list[StubState] = []
         self.built_seeds: list[int] = []
-        self.synced = 0
+        self.synced: list[tuple[Any, ...]] = []  # the handles of every sync
 
     def apply_settings(self, settings: Settings) -> None:
         self.applied = settings
@@ -186,7 +234,7 @@ class StubBackend(Backend):
             framework="stub",
             framework_version="1.0",
             device="cpu",
-            device_kind="cpu",
+            device_kind=self.device_kind,
             compile_mode="eager",
             intra_op_threads=1,
             inter_op_threads=1,
@@ -266,7 +314,11 @@ class StubBackend(Backend):
         return np.asarray(handle)
 
     def sync(self, *handles: Any) -> None:
-        self.synced += 1
+        self.synced.append(handles)
+
+    def synced_splits(self) -> tuple[StubData, ...]:
+        """The handles of the first sync that waited for datasets."""
+        return next(h for h in self.synced if h and isinstance(h[0], StubData))
 
     def matmul_probe(self, n: int, dtype: str) -> Any:
         return lambda: None
@@ -283,12 +335,15 @@ def stub_run(
     monkeypatch: pytest.MonkeyPatch,
     val_fraction: float = 0.1,
     cache: Path | None = None,
+    seed: int = 0,
+    stub: StubBackend | None = None,
+    data_dir: str | None = None,
 ) -> tuple[Any, StubBackend, list[dict[str, Any]], Any]:
     """run_cell on the stub backend: (result, backend, emitted events, loaded spec)."""
     spec = tmp_path / "stub.toml"
     spec.write_text(STUB_SPEC.format(val_fraction=val_fraction))
     loaded = load_spec(str(spec))
-    stub = StubBackend()
+    stub = stub or StubBackend()
     stub.teacher_arch = loaded.teacher_arch
     asked: list[str] = []
 
@@ -299,9 +354,17 @@ def stub_run(
     # Where kdbench.harness.cell looks the backend up.
     monkeypatch.setattr(cell_module, "get_backend", get_backend)
     events: list[dict[str, Any]] = []
+    started = time.perf_counter()
     result = run_cell(
-        loaded, "stub", 0, Settings(threads=1), emit=events.append, teacher_cache=cache
+        loaded,
+        "stub",
+        seed,
+        Settings(threads=1),
+        data_dir=data_dir,
+        emit=events.append,
+        teacher_cache=cache,
     )
+    stub.wall_s = time.perf_counter() - started
     assert asked == ["stub"]
     assert stub.applied == Settings(threads=1)
     return result, stub, events, loaded
@@ -354,7 +417,13 @@ def test_run_cell_trains_each_model_once_from_the_prepared_inputs(
     # The two students start from the same initial weights; the teacher from its own.
     assert scratch.model.weights is distilled.model.weights
     assert set(teacher.model.weights) == set(loaded.teacher_arch.param_shapes())
-    assert len(set(stub.built_seeds)) == 3  # each model its own dropout stream
+    # Each model its own dropout stream, as prepared.
+    p = prepare_cell(loaded, 0)
+    assert stub.built_seeds == [p.teacher_seed, p.scratch_seed, p.student_seed]
+    assert len(set(stub.built_seeds)) == 3
+    # The splits are synchronised once they are on the device, before any step.
+    train, test, val = stub.synced_splits()
+    assert (len(train.y), len(test.y), len(val.y)) == (175, 50, 25)
     assert [e["phase"] for e in events] == ["teacher"] * 2 + ["scratch"] * 3 + ["distill"] * 3 + [
         "eval"
     ]
@@ -391,8 +460,9 @@ def test_run_cell_trains_each_model_once_from_the_prepared_inputs(
     assert result.probe.n == 1024 and result.probe.flops_per_s["float32"] > 0
     assert result.data.dataset == "synthetic"
     assert result.data.shape == [4, 4, 1] and result.data.classes == 5
-    assert result.timings.setup_s >= 0 and result.timings.data_load_s > 0
-    assert result.timings.put_dataset_s >= 0
+    timings = result.timings
+    assert 0 <= timings.setup_s < stub.wall_s and 0 < timings.data_load_s < stub.wall_s
+    assert 0 <= timings.put_dataset_s < stub.wall_s
     mem = result.memory
     assert mem.framework_import_bytes == (
         mem.host_rss_after_framework_bytes - mem.host_rss_start_bytes
@@ -407,6 +477,7 @@ def test_run_cell_without_a_validation_split(
 ) -> None:
     result, stub, _, _ = stub_run(tmp_path, monkeypatch, val_fraction=0.0)
     assert stub.splits == [200, 50]  # no validation split on the device
+    assert [len(split.y) for split in stub.synced_splits()] == [200, 50]
     m = result.metrics
     assert m.teacher_acc == 37 / 50 and m.agreement == 30 / 50
     assert m.teacher_val_acc is None and m.scratch_val_acc is None
@@ -418,9 +489,11 @@ def test_run_cell_takes_a_cached_teacher_and_says_so(
 ) -> None:
     cache = tmp_path / "teachers"
     first, _, _, _ = stub_run(tmp_path, monkeypatch, cache=cache)
-    assert len(list(cache.glob("*.npz"))) == len(list(cache.glob("*.json"))) == 1
-    second, stub, events, _ = stub_run(tmp_path, monkeypatch, cache=cache)
+    (saved,) = cache.glob("*.npz")
+    assert saved.name.startswith("stub-seed0-") and saved.with_suffix(".json").is_file()
+    second, stub, events, loaded = stub_run(tmp_path, monkeypatch, cache=cache)
     assert [s.role for s in stub.trained] == ["scratch", "distilled"]  # no teacher trained
+    assert stub.built_seeds[0] == prepare_cell(loaded, 0).teacher_seed
     assert events[0] == {"phase": "teacher", "cached": True}
     assert second.metrics.teacher_from_cache is True
     assert second.phases["teacher"].from_cache is True
@@ -466,6 +539,7 @@ def test_a_change_beyond_the_threshold_that_is_not_significant_is_uncertain() ->
         for phase in ("teacher", "distill"):
             check = cell.times[phase]
             assert check.ratio == pytest.approx(1.08)  # beyond the 5% threshold...
+            assert check.throughput_ratio == pytest.approx(1 / 1.08)
             assert check.p_value > th.alpha  # ...but 29 blocks of noise cannot tell
             assert check.ci[0] < 1 < check.ci[1]
             assert check.verdict == check.seed_verdict == UNCERTAIN
@@ -540,3 +614,518 @@ def test_glorot_uniform_conv_kernels() -> None:
     assert weights["0.bias"].shape == (64,) and not weights["0.bias"].any()
     assert weights["2.kernel"].shape == (64, 10)  # the logit layer, Glorot too
     assert_std(weights["2.kernel"], np.sqrt(2 / (64 + 10)), UNIFORM)
+
+
+def test_a_cached_teacher_serves_only_its_own_seed_and_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "teachers"
+    stub_run(tmp_path, monkeypatch, cache=cache)
+    _, stub, _, _ = stub_run(tmp_path, monkeypatch, cache=cache, seed=1)
+    assert [s.role for s in stub.trained] == ["teacher", "scratch", "distilled"]
+
+    class OtherStub(StubBackend):
+        name = "other"
+
+    _, other, _, _ = stub_run(tmp_path, monkeypatch, cache=cache, stub=OtherStub())
+    assert [s.role for s in other.trained] == ["teacher", "scratch", "distilled"]
+    assert sorted(p.name.split("-")[0] + p.name.split("-")[1] for p in cache.glob("*.npz")) == [
+        "otherseed0",
+        "stubseed0",
+        "stubseed1",
+    ]
+
+
+def test_run_cell_loads_the_data_from_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = []
+
+    def prepare(loaded: Any, seed: int, data_dir: str | None = None) -> Any:
+        seen.append((seed, data_dir))
+        return prepare_cell(loaded, seed, data_dir)
+
+    monkeypatch.setattr(cell_module, "prepare_cell", prepare)
+    stub_run(tmp_path, monkeypatch, seed=2, data_dir=str(tmp_path / "data"))
+    assert seen == [(2, str(tmp_path / "data"))]
+
+
+def test_the_probe_on_a_gpu_multiplies_larger_matrices_in_two_precisions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gpu = StubBackend()
+    gpu.device_kind = "gpu"
+    result, _, _, _ = stub_run(tmp_path, monkeypatch, stub=gpu)
+    assert result.probe.n == 4096 and set(result.probe.flops_per_s) == {"float32", "bfloat16"}
+    assert result.environment.on_gpu
+
+
+# --- the learning-rate schedule (kdbench.plan) ----------------------------------------
+
+
+def _net(schedule: ScheduleSpec) -> NetSpec:
+    """A network spec built without validation, so the guards of direct callers show."""
+    optimizer = OptimizerSpec(name="sgd", lr=0.1)
+    return NetSpec.model_construct(
+        arch="linear", epochs=4, batch_size=10, optimizer=optimizer, schedule=schedule
+    )
+
+
+def test_the_step_schedule_decays_by_a_tenth_unless_told() -> None:
+    plan = make_plan(50, 10, 4, rng_for(0, "plan"))  # 5 steps an epoch, 20 steps
+    lrs = learning_rates(_net(ScheduleSpec(name="step", every_epochs=1)), plan)
+    np.testing.assert_allclose(lrs, 0.1 * 0.1 ** np.repeat(np.arange(4), 5), rtol=1e-12)
+    unchecked = ScheduleSpec.model_construct(name="step", every_epochs=None, gamma=None)
+    with pytest.raises(ValueError) as raised:
+        learning_rates(_net(unchecked), plan)
+    assert str(raised.value) == "schedule 'step' needs every_epochs"
+
+
+# --- the float64 loss oracle (tests/oracles/losses.py) -------------------------------
+
+
+def test_the_oracle_computes_in_float64_whatever_it_is_given() -> None:
+    """The float32 logits a backend trains on, through the oracle, give what their
+    float64 values give: no step of the oracle rounds to float32."""
+    rng = np.random.default_rng(5)
+    s32 = rng.normal(0, 3, size=(6, 7)).astype(np.float32)
+    t32 = rng.normal(0, 3, size=(6, 7)).astype(np.float32)
+    s64, t64 = s32.astype(np.float64), t32.astype(np.float64)
+    y = rng.integers(0, 7, size=6)
+    assert log_softmax(s32).dtype == np.float64
+    np.testing.assert_array_equal(log_softmax(s32), log_softmax(s64))
+    assert kl_soft(s32, t32, 3.0) == kl_soft(s64, t64, 3.0)
+    for method in ("none", "soft", "hard"):
+        args = (y, t32, 3.0, 0.7)
+        assert distill_loss(method, s32, *args) == distill_loss(method, s64, y, t64, 3.0, 0.7)
+        np.testing.assert_array_equal(
+            distill_loss_grad(method, s32, *args), distill_loss_grad(method, s64, y, t64, 3.0, 0.7)
+        )
+
+
+def test_the_oracle_softmax_is_over_the_last_axis() -> None:
+    z = np.random.default_rng(6).normal(size=(2, 3, 4))
+    out = log_softmax(z)
+    np.testing.assert_allclose(np.exp(out).sum(axis=-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(out[1, 2], log_softmax(z[1, 2][None])[0], rtol=1e-12)
+
+
+def test_the_oracle_defaults_are_the_harness_defaults() -> None:
+    rng = np.random.default_rng(7)
+    s, t = rng.normal(size=(4, 5)), rng.normal(size=(4, 5))
+    y = np.array([0, 1, 2, 3])
+    default = LossConfig("soft")
+    assert (default.temperature, default.alpha) == (4.0, 0.9)
+    for method in ("soft", "hard"):
+        explicit = (default.temperature, default.alpha)
+        assert distill_loss(method, s, y, t) == distill_loss(method, s, y, t, *explicit)
+        np.testing.assert_array_equal(
+            distill_loss_grad(method, s, y, t), distill_loss_grad(method, s, y, t, *explicit)
+        )
+
+
+def test_the_oracle_names_an_unknown_method() -> None:
+    s = np.zeros((1, 3))
+    for function in (distill_loss, distill_loss_grad):
+        with pytest.raises(ValueError) as raised:
+            function("dkd", s, np.array([0]), s)
+        assert str(raised.value) == "unknown method 'dkd'"
+
+
+# --- split and normalisation (kdbench/datasets/split.py) ----------------------------
+
+
+def test_allocate_shares_by_largest_remainder_ties_to_the_first_class() -> None:
+    shares = _allocate(np.array([11, 4]), 3)  # quotas 2.2 and 0.8: the 0.8 gets the spare
+    assert shares.dtype == np.int64 and shares.tolist() == [2, 1]
+    assert _allocate(np.array([2, 1]), 1).tolist() == [1, 0]
+    # Forty classes, ten spares, twenty tied remainders: the first ten of them win.
+    shares = _allocate(np.array([1, 3] * 20), 10)
+    assert shares.tolist() == [0, 1] * 10 + [0, 0] * 10
+    for counts, total in (([3, 2], 0), ([0, 0], 2)):
+        shares = _allocate(np.array(counts), total)
+        assert shares.dtype == np.int64 and shares.tolist() == [0, 0]
+
+
+def test_limit_train_draws_without_replacement() -> None:
+    train = np.arange(0, 200, 2)
+    kept = limit_train(train, 60, split_rng(0))
+    assert len(np.unique(kept)) == 60 and set(kept.tolist()) <= set(train.tolist())
+    assert np.all(np.diff(kept) > 0)
+    assert limit_train(train, 100, split_rng(0)) is train
+
+
+def test_blocks_hold_about_a_fixed_number_of_pixels() -> None:
+    def shaped(*shape: int) -> np.ndarray:
+        return np.broadcast_to(np.zeros(1, np.uint8), shape)
+
+    assert _block_rows(shaped(10, 32, 32, 3)) == (1 << 22) // 3072
+    assert _block_rows(shaped(1, 2049, 2048, 1)) == 1  # one image larger than a block
+    assert _block_rows(shaped(5, 0, 4, 1)) == 1 << 22  # empty images
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_statistics_and_normalisation_are_exact_across_blocks(
+    monkeypatch: pytest.MonkeyPatch, dtype: type
+) -> None:
+    """Blocks of 3 images (48 pixels of 4x4): every block counts, in float64."""
+    monkeypatch.setattr(split, "_BLOCK_ELEMENTS", 3 * 4 * 4 * 2)
+    rng = np.random.default_rng(8)
+    if dtype is np.uint8:
+        x = rng.integers(0, 256, (40, 4, 4, 2), dtype=np.uint8)
+    else:
+        x = (rng.random((40, 4, 4, 2)) * 255).astype(dtype)
+    rows = np.array([0, 3, 4, 7, 9, 10, 12, 20, 21, 25, 30, 31, 39])  # 13 rows: 5 blocks
+    pixels = x[rows].astype(np.float64) / 255.0
+    mean, std = channel_stats(x, rows, 255.0)
+    np.testing.assert_allclose(mean, pixels.mean(axis=(0, 1, 2)), rtol=1e-13)
+    np.testing.assert_allclose(std, pixels.std(axis=(0, 1, 2)), rtol=1e-13)
+    out = normalise(x, rows, 255.0, mean, std)
+    assert out.dtype == np.float32 and out.shape == (13, 4, 4, 2) and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, ((pixels - mean) / std).astype(np.float32))
+
+
+def _raw(n: int, official_test: int = 0) -> RawData:
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, 256, (n, 2, 2, 1), dtype=np.uint8)
+    x_test = rng.integers(0, 256, (official_test, 2, 2, 1), dtype=np.uint8)
+    y_test = np.arange(official_test) % 2
+    return RawData(
+        x=x,
+        y=np.arange(n) % 2,
+        x_test=x_test if official_test else None,
+        y_test=y_test if official_test else None,
+        scale=255.0,
+        source="hand-made",
+    )
+
+
+def test_a_split_asked_to_be_empty_may_be_empty() -> None:
+    ds = make_dataset(
+        "t", 2, _raw(20), seed=0, val_fraction=0.0, test_fraction=0.0, train_limit=None
+    )
+    assert (len(ds.y_train), len(ds.y_val), len(ds.y_test)) == (20, 0, 0)
+    ds = make_dataset(
+        "t", 2, _raw(20, 6), seed=0, val_fraction=0.0, test_fraction=0.2, train_limit=None
+    )
+    assert (len(ds.y_train), len(ds.y_val), len(ds.y_test)) == (20, 0, 6)
+
+
+@pytest.mark.parametrize(
+    ("n", "val_fraction", "test_fraction", "message"),
+    [
+        (4, 0.4, 0.4, "the train split is empty (train 0, val 2, test 2)"),
+        (3, 0.0, 0.1, "the test split is empty (train 3, val 0, test 0)"),
+    ],
+)
+def test_an_empty_split_is_refused_with_its_sizes(
+    n: int, val_fraction: float, test_fraction: float, message: str
+) -> None:
+    with pytest.raises(KdbenchError) as raised:
+        make_dataset(
+            "tiny", 2, _raw(n), seed=0, val_fraction=val_fraction,
+            test_fraction=test_fraction, train_limit=None,
+        )  # fmt: skip
+    assert str(raised.value) == (
+        f"dataset 'tiny': {message}; use more samples or change val_fraction/test_fraction"
+    )
+
+
+def test_the_dataset_records_where_it_came_from() -> None:
+    ds = make_dataset("t", 2, _raw(20), seed=4, val_fraction=0.1, test_fraction=0.2, train_limit=12)
+    assert ds.source == "hand-made" and ds.pixel_scale == 255.0
+    assert type(ds.pixel_scale) is float
+    assert ds.summary() == {
+        "name": "t",
+        "shape": [2, 2, 1],
+        "classes": 2,
+        "train": 12,
+        "val": 2,
+        "test": 4,
+        "split_seed": 4,
+        "official_test": False,
+        "train_limit": 12,
+        "mean": [float(ds.mean[0])],
+        "std": [float(ds.std[0])],
+        "source": "hand-made",
+    }
+
+
+# --- compare: the statistics (kdbench/compare/stats.py) -------------------------------
+
+
+@pytest.mark.parametrize(("n", "m"), [(4, 4), (3, 5), (5, 5), (2, 10)])
+def test_a_test_can_be_significant_only_when_the_extreme_ordering_is_rare_enough(
+    n: int, m: int
+) -> None:
+    """2 / C(n + m, n) is the smallest two-sided p-value n vs m samples can give."""
+    smallest = 2 / math.comb(n + m, n)
+    assert can_be_significant(n, m, smallest * 1.001)
+    assert not can_be_significant(n, m, smallest * 0.999)
+
+
+def test_a_p_value_equal_to_alpha_is_not_below_it() -> None:
+    assert not can_be_significant(4, 4, 2 / 70)
+
+
+@pytest.mark.parametrize(
+    ("n", "m", "size"), [(10, 500, 1), (50, 500, 2), (199, 1000, 9), (1000, 300, 10)]
+)
+def test_block_size_keeps_twenty_blocks_up_to_ten_steps_each(n: int, m: int, size: int) -> None:
+    assert block_size(n, m) == size and type(block_size(n, m)) is int
+
+
+def test_bootstrap_interval_quantiles_of_resampled_blocks() -> None:
+    """Baseline blocks 1 and 3: a resample's median is 1, 2 or 3 (1/4, 1/2, 1/4);
+    candidate blocks are all 2, so the ratio is 2, 1 or 2/3."""
+    base, cand = np.array([[1.0], [3.0]]), np.array([[2.0], [2.0]])
+    lo, hi = bootstrap_ratio_ci(base, cand, alpha=0.2)  # quantiles 0.1 and 0.9
+    assert (lo, hi) == (pytest.approx(2 / 3), pytest.approx(2.0))
+    assert bootstrap_ratio_ci(base, cand, alpha=0.6) == (1.0, 1.0)  # quantiles 0.3 and 0.7
+    assert bootstrap_ratio_ci(base, cand, alpha=0.2) == (lo, hi)  # a fixed seed
+    ones = np.ones((4, 3))
+    assert bootstrap_ratio_ci(ones, 2 * ones, alpha=0.1, resamples=1) == (2.0, 2.0)
+
+
+def test_u_test_direction_and_a_missing_p_value() -> None:
+    # U counts the (candidate, baseline) pairs where the candidate is slower.
+    assert u_test(np.array([[1.0], [4.0]]), np.array([[2.0], [3.0]]))[1] is False  # U = nm/2
+    base, cand = np.array([[5.0], [6.0], [7.0]]), np.array([[1.0], [5.5], [8.0]])
+    assert u_test(base, cand)[1] is False  # U = 4 < 9 / 2
+    assert u_test(cand, base)[1] is True  # U = 5
+    with np.errstate(invalid="ignore"):
+        p_value, _ = u_test(np.array([[1.0], [2.0], [np.nan]]), np.array([[3.0], [4.0], [5.0]]))
+    assert p_value == 1.0  # scipy says nan: no evidence of a change
+
+
+# --- compare: the verdicts (kdbench/compare/verdicts.py) -------------------------------
+
+
+def test_classify_needs_a_change_beyond_the_threshold_and_significant() -> None:
+    assert classify(1.0, True, 0.05) == SAME
+    assert classify(1 - 0.05, True, 0.05) == FASTER  # at the threshold is beyond it
+    assert classify(1 + 0.05, True, 0.05) == SLOWER
+    assert classify(0.8, True, 0.05) == FASTER
+    assert classify(0.8, False, 0.05) == UNCERTAIN
+
+
+def test_a_phase_missing_on_one_side_is_named() -> None:
+    times = Phase(warmup_steps=1, step_times_s=[1.0, 2.0])
+    for base, cand, side in ((None, times, "baseline"), (times, None, "candidate")):
+        check = compare_phase("distill", base, cand, Thresholds())
+        assert check.verdict == NOT_COMPARABLE
+        assert check.note == f"no distill phase in the {side}"
+
+
+def test_a_phase_with_medians_only_on_one_side_is_judged_on_the_threshold() -> None:
+    raw = Phase(warmup_steps=1, step_times_s=[9.0, 2.0, 2.0, 2.0], step_time_median_s=2.0)
+    median_only = Phase(step_time_median_s=2.5)
+    check = compare_phase("eval", raw, median_only, Thresholds())
+    assert check.medians_only and check.verdict == check.seed_verdict == UNCERTAIN
+    assert (check.baseline_median_s, check.candidate_median_s) == (2.0, 2.5)
+    assert (check.ratio, check.throughput_ratio) == (1.25, 0.8)
+    empty = compare_phase("eval", raw, Phase(), Thresholds())
+    assert empty.verdict == NOT_COMPARABLE and empty.note == "eval: no step times recorded"
+
+
+def test_provenance_names_commits_and_frameworks() -> None:
+    def rec(commit: str | None, dirty: bool, version: str) -> Record:
+        host = {"git_commit": commit, "git_dirty": dirty}
+        return Record.model_validate(
+            {**noisy_record(0), "host": host, "framework": "torch", "framework_version": version}
+        )
+
+    records = [rec("0123456789abcdef", False, "2.1"), rec("fedcba9876543210", True, "2.0")]
+    assert provenance(records) == "commit 0123456789, fedcba9876+dirty; torch 2.0, torch 2.1"
+    bare = Record.model_validate(noisy_record(0))
+    assert provenance([bare]) == "commit ?; ?"
+
+
+def test_cells_are_named_by_spec_label_backend_and_seed() -> None:
+    assert cell_key(Record.model_validate(noisy_record(3))) == ("noisy", "", "pytorch", 3)
+    labelled = Record.model_validate({**noisy_record(3), "label": "bs64"})
+    assert cell_key(labelled) == ("noisy", "bs64", "pytorch", 3)
+
+
+def _rec(seed: int = 0, factor: float = 1.0, **fields: Any) -> dict[str, Any]:
+    record = noisy_record(seed, factor)
+    record.update(fields)
+    return record
+
+
+def test_every_difference_that_refuses_a_pair_is_listed() -> None:
+    other = _rec(
+        settings={"compile": "default", "precision": "tf32", "threads": 4},
+        spec={"name": "noisy", "hash": "fedcba9876543210"},
+        device="cuda:0",
+    )
+    (cell,) = compare_records([_rec()], [other]).cells
+    assert cell.refused and cell.reason == (
+        "spec content changed: hash 0123456789abcdef vs fedcba9876543210; "
+        "device differs: cpu vs cuda:0; "
+        "settings differ: precision float32 vs tf32, threads 1 vs 4"
+    )
+    (forced,) = compare_records([_rec()], [other], force=True).cells
+    assert forced.forced == "forced: " + cell.reason and forced.compared
+
+
+def test_memory_is_compared_only_where_both_sides_measured_it() -> None:
+    def rec(host: int | None, device: int | None) -> dict[str, Any]:
+        record = _rec(memory={"host_peak_rss_bytes": host})
+        record["phases"]["distill"]["device_peak_bytes"] = device
+        return record
+
+    (cell,) = compare_records([rec(1000, 2000)], [rec(1100, None)]).cells
+    (host,) = cell.memory  # no device peak in the candidate: nothing to compare
+    assert (host.name, host.baseline_bytes, host.candidate_bytes) == ("host peak RSS", 1000, 1100)
+    assert host.ratio == 1.1 and not host.regressed  # exactly the threshold is not beyond it
+    (cell,) = compare_records([rec(None, 2000)], [rec(1000, 2300)]).cells
+    (device,) = cell.memory
+    assert (device.baseline_bytes, device.candidate_bytes, device.regressed) == (2000, 2300, True)
+
+
+def test_an_eval_phase_on_one_side_only_is_listed() -> None:
+    cand = _rec()
+    cand["phases"]["eval_student"] = {"warmup_steps": 1, "step_times_s": [1.0, 1.0]}
+    (cell,) = compare_records([_rec()], [cand]).cells
+    assert list(cell.times) == ["teacher", "distill", "eval_student"]
+    assert cell.times["eval_student"].note == "no eval_student phase in the baseline"
+
+
+def test_a_missing_cell_keeps_its_record_name() -> None:
+    cells = compare_records([_rec(0)], [_rec(0), _rec(1)]).cells
+    assert [c.cell_id for c in cells] == ["noisy/pytorch/seed0", "noisy/pytorch/seed1"]
+    assert cells[1].reason == "missing in baseline"
+
+
+def test_failed_cells_give_their_status_and_first_error_line() -> None:
+    failed = _rec(status="failed", error="RuntimeError: boom\nTraceback follows")
+    timeout = _rec(status="timeout")
+    (cell,) = compare_records([failed], [timeout]).cells
+    assert cell.reason == "baseline failed: RuntimeError: boom; candidate timeout"
+
+
+def test_accuracy_deltas_and_the_framework_version() -> None:
+    base = _rec(framework="torch", framework_version="2.0")
+    base["metrics"] = {"teacher_acc": 0.75, "scratch_acc": 0.5}
+    cand = _rec(framework="torch", framework_version="2.1")
+    cand["metrics"] = {"teacher_acc": 0.7421875, "distilled_acc": 0.5}
+    (cell,) = compare_records([base], [cand]).cells
+    assert cell.accuracy_delta_pts == {"teacher": -0.78125, "scratch": None, "distilled": None}
+    assert "torch 2.0 -> 2.1" in cell.notes
+    (same,) = compare_records([base], [base]).cells
+    assert not any("->" in note for note in same.notes)
+
+
+def test_accuracy_groups_average_over_seeds() -> None:
+    def rec(seed: int, backend: str, teacher: float, scratch: float) -> dict[str, Any]:
+        record = _rec(seed, backend=backend, cell_id=f"noisy/{backend}/seed{seed}")
+        record["metrics"] = {"scratch_acc": scratch, "teacher_acc": teacher}
+        return record
+
+    base = [rec(0, "jax", 0.75, 0.5), rec(0, "pytorch", 0.75, 0.5), rec(1, "pytorch", 0.75, 0.5)]
+    cand = [rec(0, "jax", 0.75, 0.5), rec(0, "pytorch", 0.7421875, 0.5)]
+    cand.append(rec(1, "pytorch", 0.75, 0.5 - 0.015625))
+    jax, torch_ = compare_records(base, cand, Thresholds(accuracy=0.78125)).accuracy
+    assert jax.note == "1 seed: threshold only, no averaging over seeds"
+    assert jax.spread_pts == {"teacher": 0.0, "scratch": 0.0}
+    assert torch_.note == "mean over 2 seeds" and torch_.seeds == [0, 1]
+    assert torch_.mean_delta_pts == {"teacher": -0.390625, "scratch": -0.78125}
+    assert torch_.spread_pts["teacher"] == pytest.approx(0.78125 / math.sqrt(2))
+    assert torch_.regressed == []  # a mean drop of exactly the threshold is not beyond it
+    th = Thresholds(accuracy=0.78)
+    assert compare_records(base, cand, th).accuracy[1].regressed == ["scratch"]
+
+
+def test_a_change_must_show_in_every_seed() -> None:
+    seeds = (0, 1, 2)
+    base = [_rec(s) for s in seeds] + [_rec(0, backend="jax", cell_id="noisy/jax/seed0")]
+    # jax: one seed, 30% slower: it stands. pytorch: only seed 1 is 30% slower.
+    cand = [_rec(0), _rec(1, 1.3), _rec(2)] + [
+        _rec(0, 1.3, backend="jax", cell_id="noisy/jax/seed0")
+    ]
+    cmp = compare_records(base, cand, Thresholds(alpha=0.05))
+    verdicts = {(c.key[2], c.key[3]): c.verdict for c in cmp.cells}
+    assert verdicts == {
+        ("jax", 0): SLOWER,
+        ("pytorch", 0): SAME,
+        ("pytorch", 1): UNCERTAIN,
+        ("pytorch", 2): SAME,
+    }
+    seed1 = cmp.cells[2].times["teacher"]
+    assert seed1.seed_verdict == SLOWER
+    assert seed1.note == "teacher slower here, not in every seed (seed 0 same, seed 2 same)"
+    assert seed1.note in cmp.cells[2].notes
+
+
+def test_a_slower_phase_makes_the_cell_slower_and_keeps_every_note() -> None:
+    cand = _rec(0, 1.5)
+    del cand["phases"]["distill"]
+    (cell,) = compare_records([_rec(0)], [cand]).cells
+    assert cell.verdict == SLOWER
+    assert cell.notes == ["no distill phase in the candidate"]
+
+
+def test_compare_refuses_differences_unless_forced_and_names_the_sides() -> None:
+    other = _rec(device="cuda:0")
+    cmp = compare_records([_rec()], [other])
+    assert cmp.cells[0].refused and (cmp.baseline, cmp.candidate) == ("baseline", "candidate")
+    named = compare_records([_rec()], [_rec()], names=("main", "branch"))
+    assert (named.baseline, named.candidate) == ("main", "branch")
+
+
+# --- report: the quantities and their intervals (kdbench/report/quantities.py) --------
+
+
+def test_a_quantity_takes_the_show_table_header_or_makes_one() -> None:
+    assert Quantity.from_show("metrics.agreement_scratch", "%", "ci") == Quantity(
+        "metrics.agreement_scratch", "agreement scratch %", "%", 100.0, 2, "ci"
+    )
+    assert Quantity.from_show("metrics.gain", "pts", "ci", "KD gain pts") == Quantity(
+        "metrics.gain", "KD gain pts", "pts", 100.0, 2, "ci"
+    )
+    assert Quantity.from_show("metrics.agreement", "%", "median") == Quantity(
+        "metrics.agreement", "agreement %", "%", 100.0, 1, "median"
+    )
+    # A phase field is a quantity of every phase; anything else is refused.
+    assert Quantity("warmup_s", "warm-up ms", "ms", 1e3, 1, "median").column == "warmup_s"
+    with pytest.raises(KeyError):
+        Quantity("no_such_field", "x", "x", 1.0, 0, "median")
+
+
+def test_describe_ignores_missing_and_infinite_values() -> None:
+    stat = describe([1.0, None, 3.0, float("inf"), float("nan"), 2.0])
+    assert (stat.n, stat.mean, stat.median, stat.min, stat.max) == (3, 2.0, 2.0, 1.0, 3.0)
+    assert stat.sd == 1.0
+    one = describe([5.0])
+    assert (one.n, one.mean, one.median, one.min, one.max) == (1, 5.0, 5.0, 5.0, 5.0)
+    assert all(math.isnan(v) for v in (one.sd, one.ci_low, one.ci_high))
+    none = describe([None])
+    assert none.n == 0
+    assert all(math.isnan(getattr(none, f)) for f in Stat.__dataclass_fields__ if f != "n")
+
+
+def test_phases_come_in_the_order_a_cell_runs_them() -> None:
+    frame = pd.DataFrame(
+        columns=[
+            "phases.zeta.step_time_median_s",
+            "phases.eval_student.warmup_s",
+            "phases.teacher.warmup_s",
+            "phases.odd",
+            "metrics.extra.value",
+            "phases.distill.warmup_s",
+        ]
+    )
+    assert phases_of(frame) == ["teacher", "distill", "eval_student", "zeta"]
+
+
+def test_table_text_of_values_and_backends() -> None:
+    assert as_text(None) == "-" and as_text(float("nan")) == "-"
+    assert as_text(2.0) == "2" and as_text(2.5) == "2.5" and as_text("x") == "x"
+    assert as_text(np.float64(3.0)) == "3" and as_text(np.int64(4)) == "4"
+    assert backend_order(["stub", "jax", "pytorch", "jax", "another"]) == [
+        "pytorch",
+        "jax",
+        "another",
+        "stub",
+    ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -248,6 +249,9 @@ REGISTRY: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "tensorflow": ("kdbench.backends.tensorflow.backend", "TensorFlowBackend", ("tensorflow",)),
     "jax": ("kdbench.backends.jax.backend", "JaxBackend", ("jax", "flax", "optax")),
 }
+# More backends, outside kdbench: "name=module:Class,..." (the cells' processes
+# inherit it). The tests use it for a stub backend whose cells take a second.
+PLUGINS_ENV = "KDBENCH_BACKENDS"
 
 INSTALL_HINT = {
     "pytorch": "pip install 'kdbench[torch]'",
@@ -256,13 +260,29 @@ INSTALL_HINT = {
 }
 
 
+def registry() -> dict[str, tuple[str, str, tuple[str, ...]]]:
+    """The built-in backends, then those named in $KDBENCH_BACKENDS."""
+    entries = dict(REGISTRY)
+    for item in os.environ.get(PLUGINS_ENV, "").split(","):
+        if not item.strip():
+            continue
+        name, _, target = item.partition("=")
+        module, _, cls = target.partition(":")
+        if not (name.strip() and module.strip() and cls.strip()):
+            raise KdbenchError(
+                f"${PLUGINS_ENV}: {item!r} is not name=module:Class (several: comma-separated)"
+            )
+        entries[name.strip()] = (module.strip(), cls.strip(), ())
+    return entries
+
+
 def backend_names() -> list[str]:
-    return list(REGISTRY)
+    return list(registry())
 
 
 def is_installed(name: str) -> bool:
     """Whether the framework can be imported, without importing it."""
-    module, _, needs = REGISTRY[name]
+    module, _, needs = registry()[name]
     if not all(importlib.util.find_spec(n) is not None for n in needs):
         return False
     try:
@@ -272,21 +292,21 @@ def is_installed(name: str) -> bool:
 
 
 def installed_backends() -> list[str]:
-    return [name for name in REGISTRY if is_installed(name)]
+    return [name for name in registry() if is_installed(name)]
 
 
 def check_backend(name: str) -> None:
     """One-line errors for an unknown or missing backend."""
-    if name not in REGISTRY:
-        raise KdbenchError(f"unknown backend {name!r}; allowed: {', '.join(REGISTRY)}")
+    names = registry()
+    if name not in names:
+        raise KdbenchError(f"unknown backend {name!r}; allowed: {', '.join(names)}")
     if not is_installed(name):
-        raise KdbenchError(
-            f"backend {name!r} is not installed here; install it with {INSTALL_HINT[name]}"
-        )
+        hint = INSTALL_HINT.get(name, f"make {names[name][0]} importable")
+        raise KdbenchError(f"backend {name!r} is not installed here; install it with {hint}")
 
 
 def get_backend(name: str) -> Backend:
     """Import one backend's package (and so its framework) and instantiate it."""
     check_backend(name)
-    module, cls, _ = REGISTRY[name]
+    module, cls, _ = registry()[name]
     return getattr(importlib.import_module(module), cls)()

@@ -88,11 +88,18 @@ def resolve_settings(*layers: Mapping[str, Any]) -> Settings:
     for layer in layers:
         chosen.update({k: v for k, v in layer.items() if k in SETTING_NAMES and v is not None})
     try:
-        return Settings(**chosen).resolved()
+        settings = Settings(**chosen).resolved()
     except ValidationError as exc:
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"])
         raise KdbenchError(f"setting {name}: {err['msg']} (got {err.get('input')!r})") from None
+    cores = os.cpu_count() or 1
+    if settings.threads > 4 * cores:  # more only thrashes; a typo more likely than a wish
+        raise KdbenchError(
+            f"setting threads: at most {4 * cores} on this machine ({cores} cores; 0 means "
+            f"all of them), got {settings.threads}"
+        )
+    return settings
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:

@@ -288,14 +288,42 @@ def parse_spec(data: dict[str, Any], source: str) -> Spec:
         raise KdbenchError("\n".join(lines)) from None
 
 
+MAX_TOML_DEPTH = 16  # a spec nests 4 levels deep (layers in a net in a spec)
+
+
 def read_toml(path: Path) -> dict[str, Any]:
-    """A TOML file as a dict; unreadable or malformed files are one-line errors."""
+    """A TOML file as a dict; unreadable, malformed or absurdly nested files are
+    one-line errors."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise KdbenchError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise KdbenchError(
+            f"{path}: nested too deeply to read; specs and matrices nest at most "
+            f"{MAX_TOML_DEPTH} levels"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise KdbenchError(f"{path}: cannot read the file: {exc}") from None
+    if nesting_depth(data) > MAX_TOML_DEPTH:
+        raise KdbenchError(
+            f"{path}: tables or arrays nested more than {MAX_TOML_DEPTH} levels deep; "
+            "a spec or matrix never needs that many"
+        )
+    return data
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply tables and arrays nest in value (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return deepest
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

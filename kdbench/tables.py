@@ -7,10 +7,33 @@ from rich.table import Table
 
 from kdbench.records.schema import column
 
-# A matrix's settings label (e.g. "student.epochs=5") splits rows too: cells
-# of one spec name with different settings never share a row.
-GROUP = ["spec.name", "label", "device", "settings.compile_mode", "settings.precision", "backend"]
-NAMES = ["spec", "settings", "device", "compile", "precision", "backend"]
+# Rows group by content, not by name: the spec's content hash, the matrix's
+# settings label (e.g. "student.epochs=5"), the device and every runtime
+# setting. Two contents under one spec name are two rows, the name marked
+# with the hash ("mnist5k #cb83a1f").
+GROUP = [
+    "spec.name",
+    "spec.hash",
+    "label",
+    "device",
+    "settings.compile_mode",
+    "settings.precision",
+    "settings.threads",
+    "settings.deterministic",
+    "backend",
+]
+NAMES = [
+    "spec",
+    "hash",
+    "settings",
+    "device",
+    "compile",
+    "precision",
+    "threads",
+    "deterministic",
+    "backend",
+]
+HIDDEN = ("hash",)  # in the spec name where it matters
 
 # column in the records -> (header with unit, scale, decimals, aggregate)
 COLUMNS: dict[str, tuple[str, float, int, str]] = {
@@ -41,19 +64,27 @@ def _fmt(values: pd.Series, scale: float, decimals: int, how: str) -> str:
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (spec, device, settings, backend): mean ± sd over seeds."""
+    """One row per content (spec hash, settings, device, backend): mean ± sd
+    over seeds; "seeds ok" counts distinct seeds (repeats of a seed said apart)."""
     if frame.empty:
         return pd.DataFrame()
     frame = frame.copy()
     for col in GROUP:
         if col not in frame:
             frame[col] = "-"
-        frame[col] = frame[col].fillna("-").replace("", "-")
+        frame[col] = frame[col].map(lambda v: "-" if v is None or v == "" or v != v else str(v))
+    hashes = frame.groupby("spec.name")["spec.hash"].transform("nunique")
+    frame["spec.name"] = frame["spec.name"].where(
+        hashes <= 1, frame["spec.name"] + " #" + frame["spec.hash"].str[:7]
+    )
     rows = []
     for keys, group in frame.groupby(GROUP, sort=False):
         ok = group[group["status"] == "ok"]
-        row = dict(zip(NAMES, keys, strict=True))
-        row["seeds ok"] = f"{len(ok)}/{len(group)}"
+        row = {k: v for k, v in zip(NAMES, keys, strict=True) if k not in HIDDEN}
+        seeds = group["seed"].nunique()
+        row["seeds ok"] = f"{ok['seed'].nunique()}/{seeds}"
+        if len(group) > seeds:
+            row["seeds ok"] += f" ({len(ok)}/{len(group)} cells)"
         for col, (header, scale, decimals, how) in COLUMNS.items():
             row[header] = _fmt(ok[col], scale, decimals, how) if col in ok else "-"
         failed = group[group["status"] != "ok"]
@@ -64,12 +95,12 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna("")
 
 
-KEYS = (*NAMES, "failures")
+KEYS = (*(n for n in NAMES if n not in HIDDEN), "failures")
 
 
 def rich_table(table: pd.DataFrame, title: str) -> Table:
     """The summary as a rich table; key columns that never vary go to the caption."""
-    constant = [c for c in NAMES[:-1] if table[c].nunique() == 1]
+    constant = [c for c in KEYS[:-2] if c in table and table[c].nunique() == 1]
     caption = ", ".join(f"{c}: {table[c].iloc[0]}" for c in constant if table[c].iloc[0] != "-")
     table = table.drop(columns=constant)
     out = Table(title=title, caption=caption, header_style="bold")

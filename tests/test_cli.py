@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,15 +86,19 @@ def test_run_writes_records_and_prints_the_table(tmp_path: Path) -> None:
 @needs_torch
 @pytest.mark.torch
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU")
 def test_a_failing_cell_becomes_a_record_and_the_run_goes_on(tmp_path: Path) -> None:
     good = tiny_spec(tmp_path, "good.toml")
-    bad = tiny_spec(tmp_path, "bad.toml", student_batch=5000)  # larger than the training set
+    bad = tiny_spec(tmp_path, "bad.toml")
+    # A mistake only the cell can find (the run checks data, batch sizes and
+    # warm-up before any cell): a GPU asked for on a machine without one.
+    bad.write_text(bad.read_text().replace("[measure]\n", '[measure]\ndevice = "gpu"\n'))
     out = tmp_path / "run"
     proc = kdbench("run", str(bad), str(good), "--backend", "pytorch", "--out", str(out))
     assert proc.returncode == 1
     recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in recs] == ["failed", "ok"]
-    assert "batch size 5000 is larger than the training set" in recs[0]["error"]
+    assert "device 'gpu' was asked for but torch sees no CUDA device" in recs[0]["error"]
     assert "failed" in proc.stdout
 
 

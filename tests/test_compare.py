@@ -390,21 +390,39 @@ def test_nothing_comparable_is_exit_2_with_one_line(
     assert "(1 missing in baseline, 1 missing in candidate)" in err
 
 
-def test_missing_and_failed_cells_are_not_comparable(
+def test_missing_and_failed_cells_are_not_comparable_and_lost_ones_regress(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A cell ok in the baseline that failed or is missing in the candidate is
+    a regression (exit 1); one new in the candidate is not."""
     timeout = synthetic(1, status="timeout", error="the cell ran past its time limit of 60 s")
     base = write_run(tmp_path / "base", [synthetic(0), synthetic(1)])
     cand = write_run(tmp_path / "cand", [synthetic(0), timeout, synthetic(2)])
     rc, out, _ = run_compare(capsys, base, cand, "--json", "-")
-    assert rc == 0
-    cells = {c["seed"]: c for c in json.loads(out)["cells"]}
-    assert cells[0]["verdict"] == SAME
+    assert rc == 1
+    result = json.loads(out)
+    cells = {c["seed"]: c for c in result["cells"]}
+    assert cells[0]["verdict"] == SAME and cells[0]["lost"] is None
     assert cells[1]["verdict"] == NOT_COMPARABLE
     assert cells[1]["reason"] == "candidate timeout: the cell ran past its time limit of 60 s"
-    assert cells[2]["reason"] == "missing in baseline"
+    assert cells[1]["lost"].startswith("candidate timeout (ok in the baseline)")
+    assert cells[2]["reason"] == "missing in baseline" and cells[2]["lost"] is None
+    assert result["regressions"] == [f"syn/pytorch/seed1: {cells[1]['lost']}"]
     rc, out, _ = run_compare(capsys, cand, base, "--json", "-")
-    assert {c["seed"]: c["reason"] for c in json.loads(out)["cells"]}[2] == "missing in candidate"
+    cells = {c["seed"]: c for c in json.loads(out)["cells"]}
+    assert cells[2]["reason"] == "missing in candidate"
+    assert rc == 1 and cells[2]["lost"] == "missing in the candidate (ok in the baseline)"
+    assert cells[1]["lost"] is None  # failed in the baseline: nothing to lose
+
+
+def test_an_all_failed_candidate_is_a_regression_not_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = write_run(tmp_path / "base", [synthetic(0), synthetic(1)])
+    failed = [synthetic(s, status="failed", error="RuntimeError: boom") for s in (0, 1)]
+    rc, out, err = run_compare(capsys, base, write_run(tmp_path / "cand", failed))
+    assert rc == 1 and err == ""
+    assert "REGRESSED (2)" in out and "candidate failed (ok in the baseline): RuntimeError" in out
 
 
 # --- input, output and exit codes ----------------------------------------------------------
@@ -471,12 +489,16 @@ def test_bad_input_is_exit_2_with_one_line(
     assert err.startswith("kdbench: error:") and len(err.strip().splitlines()) == 1
 
 
-def test_a_damaged_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_damaged_line_costs_that_line_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rest of the file is compared; the damaged line is named in a warning."""
     good = write_run(tmp_path / "good", [synthetic(0)])
     bad = tmp_path / "bad.jsonl"
     bad.write_text("garbage\n" + json.dumps(synthetic(0)) + "\n")
-    rc, _, err = run_compare(capsys, good, bad)
-    assert rc == 2 and "line 1 is not a JSON record" in err
+    rc, out, _ = run_compare(capsys, good, bad)
+    assert rc == 0 and "1 cells: 1 same" in out
+    assert "warning:" in out and "line 1 is not a JSON record (damaged); it was skipped" in out
 
 
 def test_bad_thresholds_are_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

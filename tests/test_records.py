@@ -75,11 +75,15 @@ def test_a_torn_last_line_keeps_every_complete_record(tmp_path: Path) -> None:
     assert path.read_bytes() == before  # reading never rewrites the file
 
 
-def test_a_damaged_middle_line_is_an_error(tmp_path: Path) -> None:
+def test_a_damaged_middle_line_costs_that_line_only(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
-    path.write_text('{"a": 1}\nnot json\n{"b": 2}\n')
-    with pytest.raises(KdbenchError, match="line 2 is not a JSON record"):
-        read_records(path)
+    for seed in range(3):
+        append_record(path, upgrade(record("pytorch", seed, 0.8)))
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "not json", lines[2]]) + "\n")
+    with pytest.warns(UserWarning, match="line 2 is not a JSON record"):
+        rows = read_records(path)
+    assert [r.seed for r in rows] == [0, 2]
 
 
 def test_loading_a_folder_without_results_says_what_to_give(tmp_path: Path) -> None:

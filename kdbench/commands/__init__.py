@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from kdbench.commands import compare, listing, report, run, show, validate
-from kdbench.commands.common import Parser, print_error
+from kdbench.commands.common import Parser, print_error, warn
 from kdbench.errors import KdbenchError
 
 COMMANDS = (run, show, listing, validate, report, compare)
@@ -22,13 +23,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message: Warning | str, *args: object, **kwargs: object) -> None:
+    warn(str(message))
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _warning_line  # one line each, without the source line
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except KdbenchError as exc:
         print_error(str(exc))
         return 2
+    except KeyboardInterrupt:  # before a run started (a run prints its own resume hint)
+        print_error("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """``kdbench compare BASELINE CANDIDATE``: exit 1 when the candidate regressed.
 
 The rules are in kdbench.compare; this module reads the two runs, renders
-the verdicts and sets the exit status (2: bad input, or nothing compared).
+the verdicts and sets the exit status (1: a regression, a lost cell included;
+2: bad input, or nothing compared and nothing lost).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 Path(args.json).write_text(text + "\n", encoding="utf-8")
             except OSError as exc:
                 raise KdbenchError(f"--json {args.json}: cannot write it ({exc})") from None
-    if not cmp.compared:
+    if not cmp.compared and not cmp.regressed:
         reasons: dict[str, int] = defaultdict(int)
         for cell in cmp.cells:
             reasons["refused" if cell.refused else cell.reason.split(":")[0]] += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -24,10 +25,14 @@ from kdbench.commands.common import console, err_console, warn
 from kdbench.commands.show import print_table
 from kdbench.errors import KdbenchError
 from kdbench.records.schema import Record
+from kdbench.runner.checks import check_seeds, check_timeout, train_sizes
 from kdbench.runner.execute import execute
-from kdbench.runner.folder import default_out_dir, load_run, plan_run
+from kdbench.runner.folder import Run, create_run, default_out_dir, load_run, plan_run, repair
+from kdbench.runner.job import CellJob
+from kdbench.runner.lock import RunLock
 from kdbench.runner.matrix import DEFAULT_MATRIX, adhoc_matrix, load_matrix
-from kdbench.settings import add_setting_flags, settings_from_args
+from kdbench.settings import SETTING_NAMES, add_setting_flags, settings_from_args
+from kdbench.spec import load_spec
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -38,6 +43,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--matrix", help="a named matrix (kdbench list) or a matrix .toml file")
     p.add_argument(
         "--resume", metavar="RUN_DIR", help="run the cells of RUN_DIR that have no record"
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: also run again the cells that failed, ran out of memory, "
+        "timed out or were killed (the newer record supersedes the older)",
     )
     p.add_argument("--teacher-cache", help="folder of trained teachers shared across runs")
     p.add_argument("--backend", help="comma-separated backends (default: every installed one)")
@@ -69,65 +80,106 @@ def _backends(value: str | None) -> list[str]:
 
 
 def _stop_on_signals() -> None:
-    """Ctrl-C and SIGTERM stop the run cleanly, whatever the parent process
-    left in place (a parent may hand down SIGINT ignored)."""
+    """Ctrl-C, SIGTERM and SIGHUP stop the run cleanly, whatever the parent
+    process left in place (a parent may hand down SIGINT ignored)."""
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
+
+
+# Flags that would change what the planned cells are: --resume refuses them.
+PLANNED = {
+    "specs": "specs",
+    "matrix": "--matrix",
+    "seeds": "--seeds",
+    "out": "--out",
+    "teacher_cache": "--teacher-cache",
+    **{name: f"--{name}" for name in SETTING_NAMES},
+}
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.seeds is not None and args.seeds < 1:
-        raise KdbenchError(f"--seeds must be at least 1 (got {args.seeds})")
-    if args.resume:
-        if args.specs or args.matrix:
-            raise KdbenchError(
-                "--resume takes its cells from the run folder; give no specs or --matrix"
-            )
-        run = load_run(Path(args.resume))
-    else:
-        if args.specs and args.matrix:
-            raise KdbenchError("give specs or --matrix, not both")
-        matrix = (
-            adhoc_matrix(args.specs) if args.specs else load_matrix(args.matrix or DEFAULT_MATRIX)
-        )
-        if args.backend or not matrix.backends:
-            backends = _backends(args.backend)
-        else:
-            backends = matrix.backends
-            for name in backends:
-                check_backend(name)
-        out = Path(args.out) if args.out else default_out_dir()
-        if (out / "results.jsonl").exists():
-            raise KdbenchError(
-                f"{out} already holds a run (results.jsonl); choose another --out or --resume {out}"
-            )
-        run = plan_run(
-            matrix,
-            backends,
-            args.seeds,
-            settings_from_args(args),
-            out,
-            args.data_dir,
-            args.cell_timeout,
-            Path(args.teacher_cache) if args.teacher_cache else None,
-            sys.argv,
-        )
-    pending = run.pending()
+    check_seeds(args.seeds)
+    check_timeout(args.cell_timeout)
     _stop_on_signals()
+    if args.resume:
+        return _resume(args)
+    if args.retry_failed:
+        raise KdbenchError("--retry-failed goes with --resume RUN_DIR")
+    if args.specs and args.matrix:
+        raise KdbenchError("give specs or --matrix, not both")
+    matrix = adhoc_matrix(args.specs) if args.specs else load_matrix(args.matrix or DEFAULT_MATRIX)
+    if args.backend or not matrix.backends:
+        backends = _backends(args.backend)
+    else:
+        backends = matrix.backends
+        for name in backends:
+            check_backend(name)
+    plan = plan_run(
+        matrix,
+        backends,
+        args.seeds,
+        settings_from_args(args),
+        args.data_dir,
+        args.cell_timeout,
+        Path(args.teacher_cache) if args.teacher_cache else None,
+        sys.argv,
+    )
+    out = Path(args.out) if args.out else default_out_dir()
+    with RunLock(out):
+        created = create_run(plan, out)
+        return _execute(created, created.pending(), resumed=False)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """The cells of a run folder that have no record (or, with --retry-failed, no ok one)."""
+    given = [flag for name, flag in PLANNED.items() if getattr(args, name, None) not in (None, [])]
+    if given:
+        raise KdbenchError(
+            f"--resume runs the cells its folder planned; {', '.join(given)} would change "
+            "them: start a new run for that (--backend, --data-dir, --cell-timeout and "
+            "--retry-failed apply to a resume)"
+        )
+    folder = Path(args.resume)
+    if not folder.is_dir():
+        raise KdbenchError(f"--resume {folder}: no such run folder")
+    with RunLock(folder):
+        resumed = load_run(folder)
+        for note in repair(resumed):
+            warn(note)
+        jobs = resumed.pending(args.retry_failed)
+        if args.backend:
+            names = _backends(args.backend)
+            jobs = [job for job in jobs if job.backend in names]
+        if args.cell_timeout is not None:
+            resumed.cell_timeout_s = args.cell_timeout
+        if args.data_dir:
+            jobs = _with_data_dir(resumed, jobs, args.data_dir)
+        return _execute(resumed, jobs, resumed=True)
+
+
+def _with_data_dir(run: Run, jobs: list[CellJob], data_dir: str) -> list[CellJob]:
+    """The jobs reading their data from data_dir, checked before any cell starts."""
+    folder = str(Path(data_dir).resolve())
+    specs = {(job.spec_path, str(job.overrides)): job for job in jobs}
+    loaded = [load_spec(str(run.out_dir / j.spec_path), j.overrides) for j in specs.values()]
+    train_sizes(loaded, folder)
+    return [dataclasses.replace(job, data_dir=folder) for job in jobs]
+
+
+def _execute(run: Run, jobs: list[CellJob], resumed: bool) -> int:
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > 0.5 * cores:
         warn(
             f"the machine is busy (load average {load:.1f} on {cores} cores); "
             "timings will be skewed, PyTorch's most (its OpenMP threads wait for busy cores)"
         )
-    resumed = f" (resuming: {len(run.jobs) - len(pending)} done before)" if args.resume else ""
-    console.print(
-        f"kdbench: {len(pending)} of {len(run.jobs)} cells to run{resumed} -> {run.out_dir}"
-    )
+    before = f" (resuming: {len(run.jobs) - len(run.pending())} done before)" if resumed else ""
+    console.print(f"kdbench: {len(jobs)} of {len(run.jobs)} cells to run{before} -> {run.out_dir}")
     started = time.perf_counter()
     failed = 0
     with Progress(
@@ -139,10 +191,15 @@ def run(args: argparse.Namespace) -> int:
         TimeRemainingColumn(),
         console=console,
     ) as progress:
-        overall = progress.add_task("cells", total=len(pending))
+        overall = progress.add_task("cells", total=len(jobs))
         current = progress.add_task("", total=None)
 
         def on_event(job: Any, event: dict[str, Any]) -> None:
+            if "warning" in event:
+                progress.console.print(
+                    f"{job.cell_id}: warning: {event['warning']}", markup=False, highlight=False
+                )
+                return
             text = f"{job.cell_id}: {event.get('phase', '')}"
             if "epoch" in event:
                 text += f" epoch {event['epoch']}/{event['epochs']}"
@@ -163,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
             progress.advance(overall)
 
         try:
-            execute(run, on_event, on_record)
+            execute(run, jobs, on_event, on_record)
         except KeyboardInterrupt:
             done = len(run.jobs) - len(run.pending())
             err_console.print(
@@ -175,5 +232,5 @@ def run(args: argparse.Namespace) -> int:
             return 130
     wall = time.perf_counter() - started
     print_table([str(run.out_dir)], f"kdbench run {run.run_id}")
-    console.print(f"{len(pending)} cells in {wall:.1f} s; records: {run.results}")
+    console.print(f"{len(jobs)} cells in {wall:.1f} s; records: {run.results}")
     return 1 if failed else 0

@@ -67,6 +67,7 @@ class CellComparison:
     reason: str = ""  # why not comparable
     refused: bool = False  # comparable in principle, but device/settings/spec differ
     forced: str = ""  # what differs, when compared with --force
+    lost: str = ""  # ok in the baseline, failed or missing in the candidate: a regression
     times: dict[str, TimeCheck] = field(default_factory=dict)
     memory: list[MemoryCheck] = field(default_factory=list)
     accuracy_delta_pts: dict[str, float | None] = field(default_factory=dict)
@@ -83,7 +84,8 @@ class CellComparison:
             for c in self.times.values()
             if c.verdict == SLOWER
         ]
-        return found + [f"{m.name} {_pct(m.ratio)}" for m in self.memory if m.regressed]
+        found += [f"{m.name} {_pct(m.ratio)}" for m in self.memory if m.regressed]
+        return found + ([self.lost] if self.lost else [])
 
 
 @dataclass

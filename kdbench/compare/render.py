@@ -40,6 +40,7 @@ def to_json(cmp: Comparison) -> dict[str, Any]:
                 "regressions": c.regressions,
                 "reason": c.reason or None,
                 "forced": c.forced or None,
+                "lost": c.lost or None,
                 "time": {p: asdict(t) for p, t in c.times.items()},
                 "memory": {m.name: asdict(m) for m in c.memory},
                 "accuracy_delta_pts": c.accuracy_delta_pts,
@@ -173,11 +174,11 @@ def render(cmp: Comparison, console: Console) -> None:
         )
     summary = ", ".join(f"{n} {v}" for v, n in cmp.counts.items())
     console.print(f"{len(cmp.cells)} cells: {summary}", markup=False, highlight=False)
-    if not cmp.compared:
-        console.print("[bold red]nothing compared[/]")
-    elif cmp.regressions:
+    if cmp.regressions:
         console.print(f"[bold red]REGRESSED[/] ({len(cmp.regressions)}):")
         for line in cmp.regressions:
             console.print(f"  {line}", markup=False, highlight=False)
+    elif not cmp.compared:
+        console.print("[bold red]nothing compared[/]")
     else:
         console.print("[green]no regression[/]")

@@ -185,6 +185,8 @@ def compare_cell(
     cell = CellComparison(key, cell_id)
     if base is None or cand is None:
         cell.reason = f"missing in {'baseline' if base is None else 'candidate'}"
+        if cand is None and base is not None and base.ok:
+            cell.lost = "missing in the candidate (ok in the baseline)"
         return cell
     failures = [
         f"{side} {record.status}" + (f": {record.error}" if record.error else "")
@@ -193,6 +195,11 @@ def compare_cell(
     ]
     if failures:
         cell.reason = "; ".join(line.splitlines()[0] for line in failures)
+        if base.ok:
+            error = (cand.error or "").splitlines()[0][:200] if cand.error else ""
+            cell.lost = f"candidate {cand.status} (ok in the baseline)" + (
+                f": {error}" if error else ""
+            )
         return cell
     differ = differences(base, cand)
     if differ and not force:
@@ -291,6 +298,11 @@ def compare_records(
     base, cand = index(as_records(baseline)), index(as_records(candidate))
     keys = sorted(base.keys() | cand.keys())
     cells = [compare_cell(k, base.get(k), cand.get(k), th, force) for k in keys]
+    if not base.keys() & cand.keys():
+        # Two runs without a cell in common are not baseline and candidate:
+        # nothing was lost, nothing could be compared.
+        for cell in cells:
+            cell.lost = ""
     require_every_seed(cells)
     for cell in cells:
         settle_verdict(cell)

@@ -67,7 +67,7 @@ def train_teacher(
     """The trained teacher, its phase, and whether it came from the cache."""
     p, backend = cell.prepared, cell.backend
     key = teacher_key(p.loaded, backend.name, p.seed, settings)
-    cached = load_cached_teacher(cache, key) if cache else None
+    cached = load_cached_teacher(cache, key, lambda m: cell.emit({"warning": m})) if cache else None
     if cached is not None:
         # Trained by an earlier cell with the same teacher; its phase record
         # (timings included) is that cell's, marked as such.

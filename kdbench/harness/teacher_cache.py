@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from kdbench.backends.base import Settings, Weights
 from kdbench.records.schema import Phase
+from kdbench.records.store import write_atomic
 from kdbench.spec import LoadedSpec
 
 
@@ -30,21 +34,38 @@ def teacher_key(loaded: LoadedSpec, backend: str, seed: int, settings: Settings)
     return f"{backend}-seed{seed}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
-def load_cached_teacher(cache: Path, key: str) -> tuple[Weights, Phase] | None:
+def load_cached_teacher(
+    cache: Path, key: str, warn: Callable[[str], None] = lambda message: None
+) -> tuple[Weights, Phase] | None:
+    """The cached teacher, or None when there is none or it cannot be read
+    (warn names the damaged file; the caller trains the teacher again)."""
     weights_file, stats_file = cache / f"{key}.npz", cache / f"{key}.json"
     if not (weights_file.is_file() and stats_file.is_file()):
         return None
-    with np.load(weights_file) as data:
-        weights = {name: data[name] for name in data.files}
-    return weights, Phase.model_validate_json(stats_file.read_text())
+    try:
+        with np.load(weights_file, allow_pickle=False) as data:
+            weights = {name: data[name] for name in data.files}
+        return weights, Phase.model_validate_json(stats_file.read_text())
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        warn(
+            f"the cached teacher {weights_file} cannot be read ({type(exc).__name__}: {exc}); "
+            "training it again"
+        )
+        return None
 
 
 def save_cached_teacher(cache: Path, key: str, weights: Weights, phase: Phase) -> None:
-    """Weights first, stats last: a teacher counts as cached once both exist."""
+    """Weights first, stats last: a teacher counts as cached once both exist.
+
+    Each file is written to a temp name and renamed; a temp file never
+    outlives a failure."""
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f"{key}.tmp.npz"
-    np.savez(tmp, **weights)
-    os.replace(tmp, cache / f"{key}.npz")
-    tmp_json = cache / f"{key}.json.tmp"
-    tmp_json.write_text(phase.model_dump_json(exclude_none=True))
-    os.replace(tmp_json, cache / f"{key}.json")
+    tmp = cache / f".{key}.{os.getpid()}.tmp.npz"
+    try:
+        np.savez(tmp, **weights)
+        os.replace(tmp, cache / f"{key}.npz")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    write_atomic(cache / f"{key}.json", phase.model_dump_json(exclude_none=True))

@@ -41,5 +41,18 @@ def efficiency(flops: int, median_step_s: float, peak_flops: float | None) -> di
 
 
 def host_peak_rss() -> int:
-    """The process's resident-set high-water mark (Linux reports KiB)."""
+    """This process's resident-set high-water mark, in bytes.
+
+    Linux's VmHWM belongs to the process's own memory map, which exec makes
+    anew. getrusage's ru_maxrss is kept across fork and exec, so a cell would
+    report the runner's peak (a dataset it checked, say) if that were larger;
+    it is only the fallback where /proc is missing. (Linux reports KiB.)
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -1,8 +1,19 @@
-"""Result records: the typed, versioned schema, the store on disk, the table view."""
+"""Result records: the typed, versioned schema, the store on disk, the table view.
 
-from kdbench.records.frame import load_runs, to_frame
+``load_runs`` and ``to_frame`` (pandas) load on first use, so a cell's
+process, which only writes a record, never imports pandas.
+"""
+
+from typing import Any
+
 from kdbench.records.schema import SCHEMA_VERSION, Record, column, upgrade
-from kdbench.records.store import RESULTS_FILE, append_record, read_records, results_path
+from kdbench.records.store import (
+    RESULTS_FILE,
+    append_record,
+    latest,
+    read_records,
+    results_path,
+)
 
 __all__ = [
     "RESULTS_FILE",
@@ -10,9 +21,18 @@ __all__ = [
     "Record",
     "append_record",
     "column",
+    "latest",
     "load_runs",
     "read_records",
     "results_path",
     "to_frame",
     "upgrade",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("load_runs", "to_frame"):
+        from kdbench.records import frame
+
+        return getattr(frame, name)
+    raise AttributeError(f"module 'kdbench.records' has no attribute {name!r}")

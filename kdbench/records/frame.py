@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from kdbench.records.schema import Record
-from kdbench.records.store import read_records, results_path
+from kdbench.records.store import latest, read_records, results_path
 
 
 def to_frame(rows: Iterable[tuple[Record, str]], keep_step_times: bool = False) -> pd.DataFrame:
@@ -32,9 +32,10 @@ def to_frame(rows: Iterable[tuple[Record, str]], keep_step_times: bool = False) 
 
 
 def load_runs(runs: Iterable[str | Path], keep_step_times: bool = False) -> pd.DataFrame:
-    """One row per cell of one or more run folders (or results files)."""
+    """One row per cell of one or more run folders (or results files): each
+    cell's latest record (a retried cell's newer attempt supersedes the older)."""
     rows: list[tuple[Record, str]] = []
     for run in runs:
         path = results_path(Path(run))
-        rows += [(record, str(path.parent)) for record in read_records(path)]
+        rows += [(record, str(path.parent)) for record in latest(read_records(path))]
     return to_frame(rows, keep_step_times)

@@ -28,7 +28,7 @@ from kdbench.settings import Settings
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-Status = Literal["ok", "failed", "timeout", "oom"]
+Status = Literal["ok", "failed", "timeout", "oom", "killed"]
 
 
 class _Part(BaseModel):
@@ -169,6 +169,7 @@ class Record(_Part):
     schema_version: int = SCHEMA_VERSION
     run_id: str | None = None
     cell_id: str
+    attempt_id: str | None = None  # one per try of the cell; a retry appends a newer one
     spec: SpecRef
     backend: str
     seed: int

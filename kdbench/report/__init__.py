@@ -9,6 +9,7 @@ folder holding anything else is left alone unless --force says otherwise.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -109,9 +110,8 @@ def write_report(
 
     names = {str(p.relative_to(out)) for p in written}
     for old in stale:  # files of the previous report of these runs that are gone now
-        path = out / old
-        if old not in names and path.is_file() and path.name != RESULTS_FILE:
-            path.unlink()
+        if old not in names and is_report_file(out, old):
+            (out / old).unlink()
     manifest = {
         "kdbench_report": 1,
         "kdbench_version": __version__,
@@ -122,6 +122,25 @@ def write_report(
     }
     written.append(_write(out / MANIFEST, json.dumps(manifest, indent=2) + "\n"))
     return written
+
+
+# What a report writes, relative to its folder: nothing else is ever removed.
+REPORT_FILES = re.compile(
+    r"(report\.(md|html|tex)|csv/[A-Za-z0-9_.-]+\.csv|plots/[A-Za-z0-9_.-]+\.png)"
+)
+
+
+def is_report_file(out: Path, name: str) -> bool:
+    """Whether name (from a manifest, which anyone could have edited) is a file
+    this report may remove: one of the names it writes, inside out, no link."""
+    if not isinstance(name, str) or not REPORT_FILES.fullmatch(name):
+        return False
+    path = out / name
+    try:
+        inside = path.resolve().is_relative_to(out.resolve())
+    except OSError:
+        return False
+    return inside and path.is_file() and not path.is_symlink()
 
 
 def _write(path: Path, text: str) -> Path:

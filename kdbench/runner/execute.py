@@ -1,33 +1,68 @@
 """Runs the pending cells of a run folder, one process each, appending records as they finish.
 
-A cell that crashes, runs out of memory or runs past its time limit becomes
-a record with that status; the matrix goes on.
+A cell that crashes, runs out of memory, is killed or runs past its time
+limit becomes a record with that status; the matrix goes on. The cell's
+process dies with the runner (PR_SET_PDEATHSIG), so a killed run leaves no
+cell behind to publish a record under the next one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import hashlib
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kdbench.errors import KdbenchError
 from kdbench.records.schema import Record
-from kdbench.records.store import append_record, read_record_file
-from kdbench.runner.folder import Run
+from kdbench.records.store import append_record, publish_record, read_record_file
+from kdbench.runner.folder import LOGS_DIR, RECORDS_DIR, Run
 from kdbench.runner.job import CellJob
 from kdbench.runner.worker import EVENT_PREFIX, base_record
 from kdbench.spec import load_spec
 
 OnEvent = Callable[[CellJob, dict[str, Any]], None]
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the cell gets SIGKILL when the runner dies, however it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def file_stem(cell_id: str) -> str:
+    """A file name for a cell: readable, and unique (the hash tells apart ids
+    that read alike once their odd characters are replaced)."""
+    readable = re.sub(r"[^A-Za-z0-9_.=-]+", "_", cell_id)[:120]
+    return f"{readable}-{hashlib.sha1(cell_id.encode()).hexdigest()[:8]}"
+
+
+def _oom_kills() -> int | None:
+    """The OOM killer's count in this process's cgroup (v2), to tell an OOM kill
+    from another SIGKILL; None where the kernel does not say."""
+    try:
+        group = Path("/proc/self/cgroup").read_text().strip().split("::", 1)[1]
+        events = Path("/sys/fs/cgroup", group.lstrip("/"), "memory.events").read_text()
+    except (OSError, IndexError):
+        return None
+    for line in events.splitlines():
+        if line.startswith("oom_kill "):
+            return int(line.split()[1])
+    return None
 
 
 def _reader(stream: Any, events: queue.Queue[dict[str, Any]]) -> None:
@@ -37,24 +72,31 @@ def _reader(stream: Any, events: queue.Queue[dict[str, Any]]) -> None:
                 events.put(json.loads(line[len(EVENT_PREFIX) :]))
 
 
-def _exit_status(returncode: int, log_tail: str) -> str:
-    """A child killed by SIGKILL without a record was most likely the OOM killer."""
+def exit_status(returncode: int, log_tail: str, oom_killed: bool) -> tuple[str, str]:
+    """(status, error) of a cell that ended without a record."""
     text = log_tail.lower()
-    if returncode == -signal.SIGKILL or "out of memory" in text or "memoryerror" in text:
-        return "oom"
-    return "failed"
+    lines = log_tail.strip().splitlines()
+    tail = lines[-1][:500] if lines else "(no output)"
+    if oom_killed or "out of memory" in text or "memoryerror" in text:
+        return "oom", f"the cell ran out of memory (exit code {returncode}): {tail}"
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ""
+        return "killed", f"the cell's process was killed by signal {-returncode} {name}".rstrip()
+    return "failed", f"the cell's process exited with code {returncode}: {tail}"
 
 
-def run_job(job: CellJob, out_dir: Path, timeout_s: float | None, on_event: OnEvent) -> Record:
-    """Run one cell in a child process; always returns a record."""
-    safe = job.cell_id.replace("/", "_").replace(",", "_").replace("=", "-")
-    job_file = out_dir / "logs" / f"{safe}.job.json"
-    record_file = out_dir / "logs" / f"{safe}.record.json"
-    log_file = out_dir / "logs" / f"{safe}.log"
-    job = dataclasses.replace(job, record_file=str(record_file))
+def run_job(job: CellJob, run: Run, on_event: OnEvent) -> Record:
+    """Run one cell in a child process; its record is published before this returns."""
+    stem = file_stem(job.cell_id)
+    attempt = uuid.uuid4().hex[:12]
+    record_file = run.out_dir / RECORDS_DIR / f"{stem}-{attempt}.json"
+    job_file = run.out_dir / LOGS_DIR / f"{stem}.job.json"
+    log_file = run.out_dir / LOGS_DIR / f"{stem}.log"
+    job = dataclasses.replace(run.resolved(job), record_file=str(record_file), attempt_id=attempt)
     job_file.write_text(job.to_json())
-    record_file.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    timeout_s = run.cell_timeout_s
+    oom_before = _oom_kills()
     started = time.perf_counter()
     events: queue.Queue[dict[str, Any]] = queue.Queue()
     with open(log_file, "w") as log:
@@ -66,6 +108,7 @@ def run_job(job: CellJob, out_dir: Path, timeout_s: float | None, on_event: OnEv
             text=True,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         reader = threading.Thread(target=_reader, args=(proc.stdout, events), daemon=True)
         reader.start()
@@ -84,33 +127,38 @@ def run_job(job: CellJob, out_dir: Path, timeout_s: float | None, on_event: OnEv
             proc.wait()
             reader.join(timeout=5)
     if record_file.is_file() and not timed_out:
-        record = read_record_file(record_file)
-        record_file.unlink()
-        return record
+        return read_record_file(record_file)
     record = base_record(job, load_spec(job.spec_path, job.overrides))
-    duration = time.perf_counter() - started
     if timed_out:
-        return record.model_copy(
-            update={
-                "status": "timeout",
-                "error": f"the cell ran past its time limit of {timeout_s:g} s and was stopped",
-                "duration_s": duration,
-            }
-        )
-    lines = log_file.read_text(errors="replace").strip().splitlines()
-    tail = lines[-1] if lines else "(no output)"
-    return record.model_copy(
-        update={
-            "status": _exit_status(proc.returncode, "\n".join(lines[-20:])),
-            "error": f"the cell's process exited with code {proc.returncode}: {tail[:500]}",
-            "duration_s": duration,
-        }
+        status = "timeout"
+        error = f"the cell ran past its time limit of {timeout_s:g} s and was stopped"
+    else:
+        oom_after = _oom_kills()
+        oom_killed = oom_before is not None and oom_after is not None and oom_after > oom_before
+        tail = "\n".join(log_file.read_text(errors="replace").strip().splitlines()[-20:])
+        status, error = exit_status(proc.returncode, tail, oom_killed)
+    record = record.model_copy(
+        update={"status": status, "error": error, "duration_s": time.perf_counter() - started}
     )
+    publish_record(record_file, record)
+    return record
 
 
-def execute(run: Run, on_event: OnEvent, on_record: Callable[[Record], None]) -> None:
-    """Run every pending cell; each record is on disk before the next cell starts."""
-    for job in run.pending():
-        record = run_job(job, run.out_dir, run.cell_timeout_s, on_event)
-        append_record(run.results, record)
+def execute(
+    run: Run,
+    jobs: list[CellJob],
+    on_event: OnEvent,
+    on_record: Callable[[Record], None],
+) -> None:
+    """Run the jobs; each record is published and appended before the next cell starts."""
+    for job in jobs:
+        try:
+            record = run_job(job, run, on_event)
+            append_record(run.results, record)
+        except OSError as exc:
+            raise KdbenchError(
+                f"cannot write the record of {job.cell_id} in {run.out_dir} ({exc}); every "
+                f"record published so far is kept in {run.records_dir}: free the disk or fix "
+                f"the permissions, then continue with: kdbench run --resume {run.out_dir}"
+            ) from None
         on_record(record)

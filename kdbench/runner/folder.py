@@ -1,25 +1,55 @@
 """A run folder: the job list saved before the first cell starts, and its records.
 
-The job list (run.json) is written first, so `--resume` can run exactly the
-cells that have no record yet, and Ctrl-C loses nothing that had finished.
+A run folder is self-contained and movable: ``run.json`` names every file in
+it relative to the folder (the spec copies, the teacher cache) and records
+the content hash of each cell's spec, which ``--resume`` verifies. Everything
+is planned and checked in memory first; only a plan that is whole is written,
+under the folder's lock, into a folder that holds no other run.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from kdbench.errors import KdbenchError
-from kdbench.records.store import RESULTS_FILE, read_records
+from kdbench.records.schema import Record
+from kdbench.records.store import (
+    RESULTS_FILE,
+    append_record,
+    latest,
+    quarantine_damaged,
+    read_record_file,
+    read_records,
+    set_aside_torn_tail,
+    write_atomic,
+)
+from kdbench.runner.checks import check_phases, data_key, train_sizes
 from kdbench.runner.job import CellJob
+from kdbench.runner.lock import HOLDER_FILE, LOCK_FILE
 from kdbench.runner.matrix import Matrix
 from kdbench.settings import resolve_settings
+from kdbench.spec import load_spec
 
 RUN_FILE = "run.json"
+MANIFEST_VERSION = 2
+SPECS_DIR, LOGS_DIR, RECORDS_DIR, TEACHERS_DIR = "specs", "logs", "records", "teachers"
+# What a folder may hold and still take a new run: the lock this run took.
+FRESH = {LOCK_FILE, HOLDER_FILE}
+NOT_DONE = ("failed", "oom", "timeout", "killed")  # what --retry-failed runs again
+
+
+@dataclass
+class Plan:
+    """A run, checked and ready, not yet written anywhere."""
+
+    jobs: list[CellJob]
+    specs: dict[str, Path]  # spec copy name -> the file it copies
+    manifest: dict[str, Any]
+    cell_timeout_s: float | None
 
 
 @dataclass
@@ -35,14 +65,30 @@ class Run:
     def results(self) -> Path:
         return self.out_dir / RESULTS_FILE
 
-    def finished(self) -> set[str]:
-        if not self.results.exists():
-            return set()
-        return {r.cell_id for r in read_records(self.results)}
+    @property
+    def records_dir(self) -> Path:
+        return self.out_dir / RECORDS_DIR
 
-    def pending(self) -> list[CellJob]:
-        done = self.finished()
-        return [job for job in self.jobs if job.cell_id not in done]
+    def records(self) -> list[Record]:
+        return read_records(self.results) if self.results.exists() else []
+
+    def pending(self, retry_failed: bool = False) -> list[CellJob]:
+        """Cells without a record; with retry_failed also those whose latest
+        attempt failed, ran out of memory, timed out or was killed."""
+        last = {r.cell_id: r for r in latest(self.records())}
+        return [
+            job
+            for job in self.jobs
+            if job.cell_id not in last or (retry_failed and last[job.cell_id].status in NOT_DONE)
+        ]
+
+    def resolved(self, job: CellJob) -> CellJob:
+        """The job with its paths made absolute, for the cell's process."""
+        return replace(
+            job,
+            spec_path=str(self.out_dir / job.spec_path),
+            teacher_cache=str(self.out_dir / job.teacher_cache) if job.teacher_cache else None,
+        )
 
 
 def default_out_dir() -> Path:
@@ -54,13 +100,12 @@ def plan_run(
     backends: list[str],
     seeds: int | None,
     cli_settings: dict[str, Any],
-    out_dir: Path,
     data_dir: str | None,
     cell_timeout_s: float | None,
     teacher_cache: Path | None,
     argv: list[str],
-) -> Run:
-    """Validate every cell, copy the specs into the run folder, save the job list.
+) -> Plan:
+    """Validate every cell and the data it needs; nothing is written.
 
     Settings are resolved once per cell: the spec's, then the matrix axis's,
     then the command line's. Order: spec, settings, seed, then backend
@@ -68,53 +113,108 @@ def plan_run(
     spreads over all of them.
     """
     expanded = matrix.expand()
-    (out_dir / "specs").mkdir(parents=True, exist_ok=True)
-    (out_dir / "logs").mkdir(exist_ok=True)
-    run_id = out_dir.name
-    cache = teacher_cache or out_dir / "teachers"
+    specs: dict[str, Path] = {}
+    for loaded, _ in expanded:
+        name = loaded.path.name
+        if specs.setdefault(name, loaded.path).resolve() != loaded.path.resolve():
+            raise KdbenchError(
+                f"two specs of this run are both named {name} ({specs[name]} and "
+                f"{loaded.path}); give each spec a distinct file name"
+            )
+    sizes = train_sizes([loaded for loaded, _ in expanded], data_dir)
+    for loaded, combo in expanded:
+        where = f"{loaded.path}" + (f" ({combo.label})" if combo.label else "")
+        check_phases(loaded, sizes[data_key(loaded, data_dir)], where)
+    cache = str(teacher_cache.resolve()) if teacher_cache else TEACHERS_DIR
+    data = str(Path(data_dir).resolve()) if data_dir else None
     jobs: list[CellJob] = []
     for loaded, combo in expanded:
-        copy = out_dir / "specs" / loaded.path.name
-        if not copy.exists():
-            shutil.copyfile(loaded.path, copy)
         measure = loaded.spec.measure
         settings = resolve_settings(measure.settings().as_dict(), combo.runtime, cli_settings)
         for seed in range(seeds or matrix.seeds or measure.seeds):
             for backend in backends:
                 jobs.append(
                     CellJob(
-                        spec_path=str(copy),
+                        spec_path=f"{SPECS_DIR}/{loaded.path.name}",
+                        spec_hash=loaded.content_hash,
                         backend=backend,
                         seed=seed,
                         settings=settings,
-                        run_id=run_id,
-                        data_dir=data_dir,
+                        run_id="",
+                        data_dir=data,
                         overrides=combo.spec_overrides,
                         label=combo.label,
-                        teacher_cache=str(cache),
+                        teacher_cache=cache,
                     )
                 )
     ids = [job.cell_id for job in jobs]
     if len(set(ids)) != len(ids):
-        raise KdbenchError(
-            "two cells of this matrix have the same id; give each spec a distinct file name"
-        )
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise KdbenchError(f"the run would hold cell {twice[0]} twice; name each spec once")
     timeout = cell_timeout_s if cell_timeout_s is not None else matrix.cell_timeout_s
     manifest = {
-        "run_id": run_id,
+        "kdbench_run": MANIFEST_VERSION,
         "argv": argv,
         "matrix": matrix.name,
         "backends": backends,
         "cell_timeout_s": timeout,
-        "started_at": datetime.now().isoformat(timespec="seconds"),
-        "jobs": [job.as_dict() for job in jobs],
     }
-    (out_dir / RUN_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-    return Run(out_dir, run_id, jobs, timeout)
+    return Plan(jobs, specs, manifest, timeout)
+
+
+def create_run(plan: Plan, out_dir: Path) -> Run:
+    """Write a plan into an empty folder (the caller holds its lock, so the folder exists)."""
+    present = {p.name for p in out_dir.iterdir()} - FRESH
+    if RUN_FILE in present or RESULTS_FILE in present:
+        raise KdbenchError(
+            f"{out_dir} already holds a run; continue it with --resume {out_dir}, "
+            "or choose another --out"
+        )
+    if present:
+        raise KdbenchError(
+            f"{out_dir} is not empty ({', '.join(sorted(present)[:3])}...); a run starts in an "
+            "empty or new folder: choose another --out"
+        )
+    run_id = out_dir.name
+    try:
+        for sub in (SPECS_DIR, LOGS_DIR, RECORDS_DIR):
+            (out_dir / sub).mkdir(parents=True, exist_ok=True)
+        for name, source in plan.specs.items():
+            write_atomic(out_dir / SPECS_DIR / name, source.read_text(encoding="utf-8"))
+        jobs = [replace(job, run_id=run_id) for job in plan.jobs]
+        _check_copies(out_dir, jobs)
+        manifest = {
+            **plan.manifest,
+            "run_id": run_id,
+            "started_at": datetime.now().isoformat(timespec="seconds"),
+            "jobs": [job.as_dict() for job in jobs],
+        }
+        write_atomic(out_dir / RUN_FILE, json.dumps(manifest, indent=1) + "\n")
+    except OSError as exc:
+        raise KdbenchError(f"cannot write the run folder {out_dir}: {exc}") from None
+    return Run(out_dir, run_id, jobs, plan.cell_timeout_s)
+
+
+def _check_copies(out_dir: Path, jobs: list[CellJob]) -> None:
+    """Every cell's spec, as copied into the folder, has the hash it was planned with."""
+    seen: dict[tuple[str, str], str] = {}
+    for job in jobs:
+        key = (job.spec_path, json.dumps(job.overrides, sort_keys=True))
+        if key not in seen:
+            seen[key] = load_spec(str(out_dir / job.spec_path), job.overrides).content_hash
+        if seen[key] != job.spec_hash:
+            raise KdbenchError(
+                f"{out_dir / job.spec_path}: its content (hash {seen[key]}) is not the spec "
+                f"this cell was planned with (hash {job.spec_hash}); the spec changed: "
+                "restore it, or start a new run"
+            )
 
 
 def load_run(out_dir: Path) -> Run:
-    """A run folder made by plan_run, for --resume."""
+    """A run folder made by create_run, its specs verified against their hashes.
+
+    For --resume: the caller holds the folder's lock.
+    """
     path = out_dir / RUN_FILE
     if not path.is_file():
         raise KdbenchError(
@@ -123,6 +223,39 @@ def load_run(out_dir: Path) -> Run:
     try:
         manifest = json.loads(path.read_text())
         jobs = [CellJob.from_dict(job) for job in manifest["jobs"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        run_id = manifest["run_id"]
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise KdbenchError(f"{path}: not a kdbench run manifest ({exc})") from None
-    return Run(out_dir, manifest["run_id"], jobs, manifest.get("cell_timeout_s"))
+    if manifest.get("kdbench_run") != MANIFEST_VERSION:
+        raise KdbenchError(
+            f"{path}: made by an older kdbench (no spec hashes, paths relative to where it ran); "
+            "it cannot be resumed safely: start a new run"
+        )
+    _check_copies(out_dir, jobs)
+    return Run(out_dir, run_id, jobs, manifest.get("cell_timeout_s"))
+
+
+def repair(run: Run) -> list[str]:
+    """Before appending (the caller holds the lock): move a torn tail and damaged
+    lines aside, and merge cell records that were published but never appended
+    (the runner was stopped between the two). Returns what was done."""
+    notes = []
+    try:
+        torn = set_aside_torn_tail(run.results)
+        notes += [torn] if torn else []
+        notes += quarantine_damaged(run.results)
+        merged = {r.attempt_id for r in run.records() if r.attempt_id}
+        files = sorted(run.records_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for file in files:
+            try:
+                record = read_record_file(file)
+            except (ValueError, KdbenchError) as exc:
+                notes.append(f"{file}: unreadable cell record, left out ({exc})")
+                continue
+            if record.attempt_id and record.attempt_id not in merged:
+                append_record(run.results, record)
+                merged.add(record.attempt_id)
+                notes.append(f"{file}: merged the record of {record.cell_id} into {RESULTS_FILE}")
+    except OSError as exc:
+        raise KdbenchError(f"cannot repair {run.results}: {exc}") from None
+    return notes

@@ -12,7 +12,11 @@ from kdbench.settings import Settings
 
 @dataclass(frozen=True)
 class CellJob:
+    """In run.json paths are relative to the run folder (Run.resolved makes
+    them absolute for the cell's process)."""
+
     spec_path: str
+    spec_hash: str  # the content hash the cell was planned with
     backend: str
     seed: int
     settings: Settings  # resolved
@@ -22,6 +26,7 @@ class CellJob:
     overrides: dict[str, Any] = field(default_factory=dict)
     label: str = ""
     teacher_cache: str | None = None
+    attempt_id: str = ""  # set for each try of the cell
 
     @property
     def cell_id(self) -> str:

@@ -33,7 +33,7 @@ class MatrixFile(BaseModel):
     specs: list[str] = Field(min_length=1)
     backends: list[str] | None = Field(None, description="default: every installed backend")
     seeds: int | None = Field(None, ge=1, le=100, description="default: each spec's own")
-    cell_timeout_s: float | None = Field(1800.0, gt=0)
+    cell_timeout_s: float | None = Field(1800.0, gt=0, allow_inf_nan=False)
     axes: dict[str, list[Scalar]] = Field(default_factory=dict)
 
     @field_validator("backends")

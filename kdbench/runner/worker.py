@@ -18,7 +18,7 @@ from typing import Any
 
 from kdbench.host import host_environment
 from kdbench.records.schema import Host, Record, SpecRef
-from kdbench.records.store import write_record_file
+from kdbench.records.store import publish_record
 from kdbench.runner.job import CellJob
 from kdbench.spec import LoadedSpec, load_spec
 
@@ -38,6 +38,7 @@ def base_record(job: CellJob, loaded: LoadedSpec) -> Record:
     return Record(
         run_id=job.run_id,
         cell_id=job.cell_id,
+        attempt_id=job.attempt_id or None,
         spec=SpecRef(name=spec.name, hash=loaded.content_hash, path=str(loaded.path)),
         backend=job.backend,
         seed=job.seed,
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         status = 0
     update["duration_s"] = time.perf_counter() - started
     update["host"] = record.host.model_copy(update={"loadavg_end": list(os.getloadavg())})
-    write_record_file(Path(job.record_file), record.model_copy(update=update))
+    publish_record(Path(job.record_file), record.model_copy(update=update))
     return status
 
 

@@ -407,7 +407,10 @@ def test_the_runner_killed_at_random_moments_loses_and_repeats_nothing(tmp_path:
     rng = random.Random(20261129)
     spec = write_spec(tmp_path)
     cells = {f"s/stub/seed{s}": 1 for s in range(3)}
-    for kill in range(KILLS):
+    seen = {"before the run was written": 0, "resumed": 0, "torn tails": 0, "merged": 0}
+    kill = 0
+    while seen["resumed"] < KILLS:  # 30 kills of a written run, and the early ones besides
+        kill += 1
         out = tmp_path / f"run{kill}"
         runner = start("run", str(spec), "--backend", "stub", "--seeds", "3", "--out", str(out))
         time.sleep(rng.uniform(0.0, 4.0))
@@ -415,10 +418,15 @@ def test_the_runner_killed_at_random_moments_loses_and_repeats_nothing(tmp_path:
         runner.wait(timeout=30)
         if not (out / "run.json").exists():  # killed before the run was written: nothing to lose
             assert not (out / "results.jsonl").exists()
+            seen["before the run was written"] += 1
             continue
         resumed = kdbench("run", "--resume", str(out))
         assert resumed.returncode == 0, f"kill {kill}: {resumed.stderr}"
         assert ok_per_cell(out) == cells, f"kill {kill}"
+        seen["resumed"] += 1
+        seen["torn tails"] += resumed.stderr.count("was cut off by a crash")
+        seen["merged"] += resumed.stderr.count("merged the record of")
+    print(f"\n{kill} kills: {seen}; records lost: 0, cells run twice: 0")
     left = subprocess.run(["pgrep", "-f", f"kdbench.runner.worker {tmp_path}"],
                           capture_output=True, text=True).stdout  # fmt: skip
     assert not left.strip(), "a cell outlived its runner"

@@ -21,6 +21,7 @@ accuracy, the gain and both agreements have exact expected values.
 
 from __future__ import annotations
 
+import json
 import math
 import resource
 import time
@@ -44,6 +45,7 @@ from kdbench.compare import (
     UNCERTAIN,
     Thresholds,
     compare_records,
+    verdicts,
 )
 from kdbench.compare.stats import block_size, bootstrap_ratio_ci, can_be_significant, u_test
 from kdbench.compare.verdicts import cell_key, classify, compare_phase, provenance
@@ -61,6 +63,7 @@ from kdbench.datasets.split import (
 from kdbench.errors import KdbenchError
 from kdbench.flops import phase_flops_per_step
 from kdbench.harness import cell as cell_module
+from kdbench.harness import timing
 from kdbench.harness.cell import run_cell
 from kdbench.harness.prepare import prepare_cell
 from kdbench.harness.timing import efficiency, host_peak_rss, step_stats
@@ -137,6 +140,21 @@ def test_host_peak_rss_is_a_high_water_mark_in_bytes() -> None:
     after = _high_water_marks()
     assert any(b <= peak <= a for b, a in zip(before, after, strict=True)), (before, peak, after)
     assert peak >= psutil.Process().memory_info().rss // 2  # bytes, not KiB
+
+
+def test_host_peak_rss_without_proc_is_ru_maxrss_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = open
+
+    def no_proc(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(file).startswith("/proc/"):
+            raise FileNotFoundError(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(timing, "open", no_proc, raising=False)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = host_peak_rss()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert before <= peak <= after and type(peak) is int
 
 
 # --- 2 and 3. accuracies, gain and agreements of a real run_cell ---------------------
@@ -831,6 +849,15 @@ def test_an_empty_split_is_refused_with_its_sizes(
     )
 
 
+def test_the_dataset_records_its_pixel_scale() -> None:
+    raw = _raw(20)
+    digits_like = RawData(raw.x // 16, raw.y, None, None, scale=16.0, source="0..16")
+    ds = make_dataset(
+        "t", 2, digits_like, seed=0, val_fraction=0.1, test_fraction=0.2, train_limit=None
+    )
+    assert ds.pixel_scale == 16.0 and ds.source == "0..16"
+
+
 def test_the_dataset_records_where_it_came_from() -> None:
     ds = make_dataset("t", 2, _raw(20), seed=4, val_fraction=0.1, test_fraction=0.2, train_limit=12)
     assert ds.source == "hand-made" and ds.pixel_scale == 255.0
@@ -864,8 +891,10 @@ def test_a_test_can_be_significant_only_when_the_extreme_ordering_is_rare_enough
     assert not can_be_significant(n, m, smallest * 0.999)
 
 
-def test_a_p_value_equal_to_alpha_is_not_below_it() -> None:
-    assert not can_be_significant(4, 4, 2 / 70)
+@pytest.mark.parametrize(("n", "m"), [(2, 3), (4, 8)])
+def test_a_p_value_equal_to_alpha_is_not_below_it(n: int, m: int) -> None:
+    # Pairs where log(2 / alpha) and the log of C(n + m, n) agree to the last bit.
+    assert not can_be_significant(n, m, 2 / math.comb(n + m, n))
 
 
 @pytest.mark.parametrize(
@@ -882,7 +911,10 @@ def test_bootstrap_interval_quantiles_of_resampled_blocks() -> None:
     lo, hi = bootstrap_ratio_ci(base, cand, alpha=0.2)  # quantiles 0.1 and 0.9
     assert (lo, hi) == (pytest.approx(2 / 3), pytest.approx(2.0))
     assert bootstrap_ratio_ci(base, cand, alpha=0.6) == (1.0, 1.0)  # quantiles 0.3 and 0.7
-    assert bootstrap_ratio_ci(base, cand, alpha=0.2) == (lo, hi)  # a fixed seed
+    noisy = np.random.default_rng(9).lognormal(size=(30, 10))
+    assert bootstrap_ratio_ci(noisy, 1.1 * noisy, 0.01) == bootstrap_ratio_ci(
+        noisy, 1.1 * noisy, 0.01
+    )  # a fixed seed: the same runs, the same interval
     ones = np.ones((4, 3))
     assert bootstrap_ratio_ci(ones, 2 * ones, alpha=0.1, resamples=1) == (2.0, 2.0)
 
@@ -1035,6 +1067,9 @@ def test_accuracy_groups_average_over_seeds() -> None:
     assert torch_.regressed == []  # a mean drop of exactly the threshold is not beyond it
     th = Thresholds(accuracy=0.78)
     assert compare_records(base, cand, th).accuracy[1].regressed == ["scratch"]
+    for record in base + cand:
+        del record["metrics"]["teacher_acc"]  # no teacher accuracy: the others still count
+    assert compare_records(base, cand, th).accuracy[1].mean_delta_pts == {"scratch": -0.78125}
 
 
 def test_a_change_must_show_in_every_seed() -> None:
@@ -1129,3 +1164,24 @@ def test_table_text_of_values_and_backends() -> None:
         "another",
         "stub",
     ]
+
+
+def test_an_unreadable_side_is_one_line_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.jsonl").write_text(json.dumps(noisy_record(0)) + "\n")
+
+    def unreadable(path: Path) -> Any:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(verdicts, "read_records", unreadable)
+    with pytest.raises(KdbenchError) as raised:
+        verdicts.load_side(run)
+    assert str(raised.value) == f"{run / 'results.jsonl'}: cannot read it (disk on fire)"
+
+
+def test_a_candidate_that_failed_without_a_message_is_still_compared() -> None:
+    (cell,) = compare_records([_rec()], [_rec(status="failed", error=None)]).cells
+    assert cell.verdict == NOT_COMPARABLE and cell.reason == "candidate failed"

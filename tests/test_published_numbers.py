@@ -131,7 +131,10 @@ def _high_water_marks() -> tuple[int, int]:
         for line in status:
             if line.startswith("VmHWM:"):
                 hwm = int(line.split()[1]) * 1024
-    return hwm, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return hwm, RU_MAXRSS(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+RU_MAXRSS = resource.getrusage  # the real one, whatever a test patches
 
 
 def test_host_peak_rss_is_a_high_water_mark_in_bytes() -> None:
@@ -140,6 +143,21 @@ def test_host_peak_rss_is_a_high_water_mark_in_bytes() -> None:
     after = _high_water_marks()
     assert any(b <= peak <= a for b, a in zip(before, after, strict=True)), (before, peak, after)
     assert peak >= psutil.Process().memory_info().rss // 2  # bytes, not KiB
+
+
+def test_host_peak_rss_is_this_process_vmhwm_not_an_inherited_peak(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ru_maxrss carries a parent's peak across exec; VmHWM is this process's own."""
+
+    class Inherited:
+        ru_maxrss = 2**40  # KiB: a peak no test process reaches
+
+    monkeypatch.setattr(timing.resource, "getrusage", lambda who: Inherited())
+    before = _high_water_marks()[0]
+    peak = host_peak_rss()
+    after = _high_water_marks()[0]
+    assert before <= peak <= after
 
 
 def test_host_peak_rss_without_proc_is_ru_maxrss_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -519,6 +537,22 @@ def test_run_cell_takes_a_cached_teacher_and_says_so(
     assert second.phases["teacher"].step_times_s == first.phases["teacher"].step_times_s
     for name in ("teacher_acc", "distilled_acc", "agreement", "agreement_scratch", "gain"):
         assert getattr(second.metrics, name) == getattr(first.metrics, name)
+
+
+def test_a_damaged_cached_teacher_is_trained_again_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "teachers"
+    stub_run(tmp_path, monkeypatch, cache=cache)
+    (saved,) = cache.glob("*.npz")
+    saved.write_bytes(b"not a zip file")
+    result, stub, events, _ = stub_run(tmp_path, monkeypatch, cache=cache)
+    assert [s.role for s in stub.trained] == ["teacher", "scratch", "distilled"]
+    assert result.metrics.teacher_from_cache is False
+    (warning,) = [e for e in events if "warning" in e]
+    assert set(warning) == {"warning"}
+    assert warning["warning"].startswith(f"the cached teacher {saved} cannot be read (")
+    assert warning["warning"].endswith("); training it again")
 
 
 # --- 4. compare: beyond the threshold but not significant is uncertain --------------
@@ -1185,3 +1219,15 @@ def test_an_unreadable_side_is_one_line_naming_the_file(
 def test_a_candidate_that_failed_without_a_message_is_still_compared() -> None:
     (cell,) = compare_records([_rec()], [_rec(status="failed", error=None)]).cells
     assert cell.verdict == NOT_COMPARABLE and cell.reason == "candidate failed"
+
+
+def test_a_cell_lost_in_the_candidate_names_its_first_error_line_cut_short() -> None:
+    def lost(error: str | None) -> str:
+        cmp = compare_records([_rec()], [_rec(status="failed", error=error)])
+        return cmp.cells[0].lost
+
+    assert lost(None) == "candidate failed (ok in the baseline)"
+    assert lost("RuntimeError: boom\nTraceback") == (
+        "candidate failed (ok in the baseline): RuntimeError: boom"
+    )
+    assert lost("E" * 300) == "candidate failed (ok in the baseline): " + "E" * 200

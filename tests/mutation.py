@@ -1,8 +1,8 @@
 """Mutation testing of the modules that decide published numbers (issue 14).
 
-    .venv/bin/python tools/mutation.py              # every module (10 minutes on 2 idle cores)
-    .venv/bin/python tools/mutation.py compare plan # some of them
-    .venv/bin/python tools/mutation.py --list       # the modules and their test files
+    .venv/bin/python tests/mutation.py              # every module (10 minutes on 2 idle cores)
+    .venv/bin/python tests/mutation.py compare plan # some of them
+    .venv/bin/python tests/mutation.py --list       # the modules and their test files
 
 mutmut (https://mutmut.readthedocs.io) changes one thing at a time in a
 module (an operator, a constant, an argument) and runs the tests that cover
@@ -469,7 +469,7 @@ def write_report(all_results: dict[str, list[Result]]) -> tuple[str, bool]:
                 )
                 details.append(f"### {mutant}\n\n{why}\n\n```diff\n{diff}\n```\n")
     text = (
-        "# Mutation testing (tools/mutation.py)\n\n"
+        "# Mutation testing (tests/mutation.py)\n\n"
         + "\n".join(table)
         + "\n\n## Survivors\n\n"
         + ("\n".join(details) or "None.\n")

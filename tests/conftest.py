@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from typing import Any
 
 import pytest
 
@@ -71,3 +74,17 @@ def backend(name: str) -> Backend:
         b.setup(Settings(threads=2))
         _BACKENDS[name] = b
     return _BACKENDS[name]
+
+
+def run_kdbench(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, **kwargs: Any
+) -> subprocess.CompletedProcess:
+    """`kdbench ARGS` in a process of its own (env: variables to add)."""
+    return subprocess.run(
+        [sys.executable, "-m", "kdbench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env} if env else None,
+        **kwargs,
+    )

@@ -29,6 +29,24 @@ from kdbench.architectures import Architecture
 from kdbench.backends.base import Backend, Environment, LossConfig, Settings, Weights
 
 
+def fake_environment(**facts: Any) -> Environment:
+    """An Environment for stub and fake backends; facts override the defaults."""
+    defaults: dict[str, Any] = {
+        "framework": "stub",
+        "framework_version": "1.0",
+        "device": "cpu",
+        "device_kind": "cpu",
+        "compile_mode": "eager",
+        "intra_op_threads": 1,
+        "inter_op_threads": 1,
+        "tf32_matmul": False,
+        "tf32_conv": False,
+        "deterministic": True,
+        "memory_counter": None,
+    }
+    return Environment(**{**defaults, **facts})
+
+
 @dataclass
 class StubModel:
     arch: Architecture
@@ -80,19 +98,7 @@ class StubBackend(Backend):
         return "cpu"
 
     def environment(self) -> Environment:
-        return Environment(
-            framework="stub",
-            framework_version="0",
-            device="cpu",
-            device_kind="cpu",
-            compile_mode="numpy",
-            intra_op_threads=1,
-            inter_op_threads=1,
-            tf32_matmul=False,
-            tf32_conv=False,
-            deterministic=True,
-            memory_counter=None,
-        )
+        return fake_environment(framework_version="0", compile_mode="numpy")
 
     def bare_loop(self) -> Any:
         raise NotImplementedError("the stub backend has no bare loop")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import conftest
@@ -17,16 +15,7 @@ from kdbench.records import SCHEMA_VERSION
 needs_torch = pytest.mark.skipif(not is_installed("pytorch"), reason="torch is not installed")
 
 
-def kdbench(
-    *args: str, cwd: Path | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kdbench", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-    )
+kdbench = conftest.run_kdbench
 
 
 def tiny_spec(

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import backend_params
+from conftest import backend_params, run_kdbench
 
 from kdbench.backends.base import is_installed
 from kdbench.errors import KdbenchError
@@ -34,10 +34,7 @@ def write_matrix(tmp_path: Path, seeds: int = 1, axes: str = "") -> Path:
     return path
 
 
-def kdbench(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kdbench", *args], capture_output=True, text=True, **kwargs
-    )
+kdbench = run_kdbench
 
 
 def records(out: Path) -> list[dict]:

@@ -15,6 +15,7 @@ from functools import cache
 import numpy as np
 import pytest
 from conftest import backend, backend_params
+from stub_backend import fake_environment
 
 from kdbench.backends.base import Environment
 from kdbench.plan import BatchPlan
@@ -99,19 +100,7 @@ def test_split_plan_warms_up_on_epoch_zero_and_times_whole_epochs() -> None:
 
 class _FakeBackend:
     def environment(self) -> Environment:
-        return Environment(
-            framework="fw",
-            framework_version="1",
-            device="cpu",
-            device_kind="cpu",
-            compile_mode="eager",
-            intra_op_threads=1,
-            inter_op_threads=1,
-            tf32_matmul=False,
-            tf32_conv=False,
-            deterministic=False,
-            memory_counter=None,
-        )
+        return fake_environment(framework="fw", framework_version="1", deterministic=False)
 
 
 class _FakeSpec:

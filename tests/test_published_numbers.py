@@ -34,6 +34,7 @@ import pandas as pd
 import psutil
 import pytest
 from oracles.losses import distill_loss, distill_loss_grad, kl_soft, log_softmax
+from stub_backend import fake_environment
 
 from kdbench.architectures import Architecture, Conv2D, Dense, Flatten, ReLU, resolve
 from kdbench.backends.base import Backend, Environment, LossConfig, Settings, Weights
@@ -266,19 +267,7 @@ class StubBackend(Backend):
         return "cpu"
 
     def environment(self) -> Environment:
-        return Environment(
-            framework="stub",
-            framework_version="1.0",
-            device="cpu",
-            device_kind=self.device_kind,
-            compile_mode="eager",
-            intra_op_threads=1,
-            inter_op_threads=1,
-            tf32_matmul=False,
-            tf32_conv=False,
-            deterministic=True,
-            memory_counter="stub",
-        )
+        return fake_environment(device_kind=self.device_kind, memory_counter="stub")
 
     def bare_loop(self) -> Any:
         raise NotImplementedError

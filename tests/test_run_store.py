@@ -30,17 +30,8 @@ STUB = {
 pytestmark = pytest.mark.slow
 
 
-def kdbench(
-    *args: str, cwd: Path | None = None, timeout: float = 120, **env: str
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kdbench", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-        env={**os.environ, **STUB, **env},
-    )
+def kdbench(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    return conftest.run_kdbench(*args, env={**STUB, **env}, timeout=120, cwd=cwd)
 
 
 def start(*args: str, **env: str) -> subprocess.Popen:

@@ -52,3 +52,66 @@ def test_every_package_and_the_builtin_files_are_in_the_wheel(wheel_names: list[
         in_tree = {p.name for p in (REPO / "benchmarks" / folder).glob("*.toml")}
         assert in_tree and in_tree <= shipped
     assert not [n for n in wheel_names if "conftest" in n or "/test_" in n or "oracles" in n]
+
+
+# The frameworks come with the extras; each is imported by its own backend package only.
+FRAMEWORK_FOLDERS = {
+    "torch": "pytorch",
+    "tensorflow": "tensorflow",
+    "jax": "jax",
+    "jaxlib": "jax",
+    "flax": "jax",
+    "optax": "jax",
+}
+
+
+def third_party_imports(root: Path) -> dict[str, set[str]]:
+    """Top-level names imported anywhere under root that are neither stdlib nor kdbench."""
+    import ast
+
+    found: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "kdbench":
+                    found.setdefault(top, set()).add(str(path.relative_to(REPO)))
+    return found
+
+
+def test_every_imported_package_is_a_declared_dependency() -> None:
+    """An import that only works because a framework pulled it in breaks one-framework installs
+    (filelock came with torch, so a JAX-only install could not run anything)."""
+    import re
+    from importlib.metadata import packages_distributions
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the tomli backport, a dependency there
+        import tomli as tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    def dist(requirement: str) -> str:
+        return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+    core = {dist(r) for r in project["dependencies"]}
+    owners = packages_distributions()
+    undeclared = []
+    for root in (REPO / "kdbench", REPO / "backends"):
+        for module, files in sorted(third_party_imports(root).items()):
+            if module in FRAMEWORK_FOLDERS:
+                folder = f"backends/{FRAMEWORK_FOLDERS[module]}/"
+                outside = {f for f in files if not f.startswith(folder)}
+                assert not outside, f"{module} imported outside {folder}: {outside}"
+                continue
+            dists = {d.lower().replace("_", "-") for d in owners.get(module, [module])}
+            if not dists & core:
+                undeclared.append(f"{module} ({', '.join(sorted(files))})")
+    assert not undeclared, f"add to [project] dependencies in pyproject.toml: {undeclared}"

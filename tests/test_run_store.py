@@ -402,11 +402,14 @@ def test_the_runner_killed_at_random_moments_loses_and_repeats_nothing(tmp_path:
     kill = 0
     while seen["resumed"] < KILLS:  # 30 kills of a written run, and the early ones besides
         kill += 1
+        # Bounded: a runner that never writes its run (it cannot start) fails here, not never.
+        assert kill <= 3 * KILLS, f"{kill - 1} kills, yet only {seen}"
         out = tmp_path / f"run{kill}"
         runner = start("run", str(spec), "--backend", "stub", "--seeds", "3", "--out", str(out))
         time.sleep(rng.uniform(0.0, 4.0))
         runner.send_signal(signal.SIGKILL)
         runner.wait(timeout=30)
+        assert runner.returncode in (0, -signal.SIGKILL), f"kill {kill}: {runner.stderr.read()}"
         if not (out / "run.json").exists():  # killed before the run was written: nothing to lose
             assert not (out / "results.jsonl").exists()
             seen["before the run was written"] += 1

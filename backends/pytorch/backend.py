@@ -13,7 +13,13 @@ from kdbench.architectures import Architecture
 from kdbench.backends.base import Backend, BareLoop, Environment, LossConfig, Settings, Weights
 from kdbench.backends.pytorch import runtime
 from kdbench.backends.pytorch.losses import distill_loss
-from kdbench.backends.pytorch.model import build_module, load_weights, read_grads, read_weights
+from kdbench.backends.pytorch.model import (
+    as_nchw,
+    build_module,
+    load_weights,
+    read_grads,
+    read_weights,
+)
 from kdbench.backends.pytorch.optim import make_optimizer, set_lr
 
 
@@ -26,7 +32,7 @@ class TorchModel:
 
 @dataclass
 class TorchData:
-    x: torch.Tensor  # NCHW
+    x: torch.Tensor  # NHWC, as the neutral data is: a batch gathered from it is channels-last
     y: torch.Tensor
 
 
@@ -65,9 +71,8 @@ class PyTorchBackend(Backend):
         return bare
 
     def put_dataset(self, x: np.ndarray, y: np.ndarray) -> TorchData:
-        x_nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
         return TorchData(
-            x=x_nchw.to(self.device).contiguous(),
+            x=torch.from_numpy(np.ascontiguousarray(x)).to(self.device),
             y=torch.from_numpy(y.astype(np.int64)).to(self.device),
         )
 
@@ -75,7 +80,7 @@ class PyTorchBackend(Backend):
         torch.manual_seed(seed)
         module = build_module(arch)
         load_weights(module, weights)
-        module.to(self.device)
+        module.to(self.device, memory_format=torch.channels_last)
         run = torch.compile(module) if self.settings.compile == "compiled" else module
         return TorchModel(module=module, run=run, names=list(arch.param_shapes()))
 
@@ -83,7 +88,7 @@ class PyTorchBackend(Backend):
         return read_weights(model.module, model.names)
 
     def _batch(self, x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(self.device)
+        return as_nchw(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
 
     def forward(self, model: TorchModel, x: np.ndarray) -> np.ndarray:
         model.module.eval()
@@ -131,7 +136,7 @@ class PyTorchBackend(Backend):
         self, state: TorchState, data: TorchData, indices: np.ndarray, lr: float
     ) -> tuple[TorchState, torch.Tensor]:
         idx = torch.from_numpy(indices).to(self.device, non_blocking=True)
-        xb = data.x.index_select(0, idx)
+        xb = as_nchw(data.x.index_select(0, idx))
         yb = data.y.index_select(0, idx)
         teacher_logits = self._teacher_logits(state.teacher, xb)
         module = state.model.module
@@ -152,7 +157,7 @@ class PyTorchBackend(Backend):
             model.module.eval()
         idx = torch.from_numpy(indices).to(self.device, non_blocking=True)
         with torch.no_grad():
-            return model.run(data.x.index_select(0, idx))
+            return model.run(as_nchw(data.x.index_select(0, idx)))
 
     def to_numpy(self, handle: Any) -> np.ndarray:
         if isinstance(handle, list | tuple):

@@ -38,7 +38,7 @@ from torch import nn
 from kdbench.architectures import Architecture
 from kdbench.backends.base import LossConfig, Weights
 from kdbench.backends.pytorch.losses import distill_loss
-from kdbench.backends.pytorch.model import build_module, load_weights
+from kdbench.backends.pytorch.model import as_nchw, build_module, load_weights
 from kdbench.backends.pytorch.optim import make_optimizer, set_lr
 
 
@@ -46,7 +46,7 @@ from kdbench.backends.pytorch.optim import make_optimizer, set_lr
 class BareRun:
     """What the loop needs, made once: data on the device, models, optimizer."""
 
-    x: torch.Tensor  # NCHW, on the device
+    x: torch.Tensor  # NHWC, on the device (a gathered batch is viewed channels-last)
     y: torch.Tensor  # int64
     teacher: nn.Module  # frozen, in eval mode
     student: nn.Module  # in train mode
@@ -59,7 +59,7 @@ def _module(arch: Architecture, weights: Weights, seed: int, device: torch.devic
     torch.manual_seed(seed)  # the dropout stream, as PyTorchBackend.build seeds it
     module = build_module(arch)
     load_weights(module, weights)
-    return module.to(device)
+    return module.to(device, memory_format=torch.channels_last)
 
 
 def bare_setup(
@@ -76,9 +76,9 @@ def bare_setup(
     teacher_seed: int = 0,
     student_seed: int = 0,
 ) -> BareRun:
-    """The split on the device once (NHWC -> NCHW), both models, the optimizer."""
+    """The split on the device once (NHWC, as given), both models, the optimizer."""
     dev = torch.device(device)
-    x_dev = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev).contiguous()
+    x_dev = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
     y_dev = torch.from_numpy(y.astype(np.int64)).to(dev)
     teacher = _module(teacher_arch, teacher_weights, teacher_seed, dev).eval()
     teacher.requires_grad_(False)
@@ -105,7 +105,7 @@ def bare_distill_loop(run: BareRun, indices: np.ndarray, lrs: np.ndarray) -> np.
     losses = []
     for idx_np, lr in zip(rows, lrs.tolist(), strict=True):
         idx = torch.from_numpy(idx_np).to(run.device)
-        xb = x.index_select(0, idx)
+        xb = as_nchw(x.index_select(0, idx))
         yb = y.index_select(0, idx)
         with torch.no_grad():
             teacher_logits = teacher(xb)

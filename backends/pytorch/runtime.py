@@ -8,6 +8,7 @@ import os
 import torch
 
 from kdbench.backends.base import Environment, Settings
+from kdbench.backends.pytorch.model import MEMORY_FORMAT
 
 
 def apply_settings(settings: Settings) -> torch.device:
@@ -47,4 +48,5 @@ def environment(device: torch.device, compile_mode: str) -> Environment:
         tf32_conv=bool(torch.backends.cudnn.allow_tf32),
         deterministic=torch.are_deterministic_algorithms_enabled(),
         memory_counter="torch.cuda.max_memory_allocated" if cuda else None,
+        extra={"memory_format": MEMORY_FORMAT},
     )

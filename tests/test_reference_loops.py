@@ -97,9 +97,11 @@ def test_a_reference_with_the_flatten_order_wrong_is_caught(cell, monkeypatch) -
     assert not np.allclose(theirs, ours, rtol=1e-5)
 
 
-def test_the_ratio_tool_pairs_blocks_and_checks_their_losses() -> None:
+@pytest.mark.parametrize("phase", ["distill", "teacher"])
+def test_the_ratio_tool_pairs_blocks_and_checks_their_losses(phase: str) -> None:
     ratio = load("ratio")
-    figures = ratio.measure("pytorch", "mnist5k", repeats=1, steps=54, threads=1)
+    figures = ratio.measure("pytorch", "mnist5k", repeats=1, steps=54, threads=1, phase=phase)
+    assert figures["phase"] == phase
     assert figures["pairs"] == 1 and figures["steps_per_block"] == 54
     assert figures["loss_max_rel_diff"] < 1e-5
     assert 0.2 < figures["ratio"] < 5.0  # a throughput ratio, not a placeholder

@@ -35,7 +35,7 @@ from torch import nn
 class Reference:
     x: torch.Tensor  # NCHW view with channels-last strides
     y: torch.Tensor
-    teacher: nn.Module
+    teacher: nn.Module | None  # None: the phase trains on labels alone
     student: nn.Module
     optimizer: torch.optim.Optimizer
     method: str
@@ -118,9 +118,14 @@ def setup(
     *,
     seed: int = 0,
 ) -> Reference:
-    """The split, both networks and the optimizer, made once (the process's threads as set)."""
+    """The split, both networks and the optimizer, made once (the process's threads as set).
+
+    teacher_arch None: no frozen teacher (the teacher's own training phase, labels alone).
+    """
     torch.manual_seed(seed)
-    teacher = network(teacher_arch, teacher_weights).eval().requires_grad_(False)
+    teacher = None
+    if teacher_arch is not None:
+        teacher = network(teacher_arch, teacher_weights).eval().requires_grad_(False)
     student = network(student_arch, student_weights).train()
     return Reference(
         x=torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(0, 3, 1, 2),
@@ -134,8 +139,14 @@ def setup(
     )
 
 
-def loss_of(ref: Reference, logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor):
+def loss_of(
+    ref: Reference, logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None
+) -> torch.Tensor:
     ce = F.cross_entropy(logits, labels)
+    if ref.method == "none":
+        return ce
+    if teacher is None:
+        raise ValueError(f"method {ref.method!r} needs a teacher")
     if ref.method == "soft":
         t = ref.temperature
         kl = F.kl_div(
@@ -156,8 +167,10 @@ def train(ref: Reference, indices: np.ndarray, lrs: np.ndarray) -> np.ndarray:
     losses = []
     for idx, lr in zip(batches, lrs.tolist(), strict=True):
         xb, yb = ref.x[idx], ref.y[idx]
-        with torch.inference_mode():
-            teacher_logits = ref.teacher(xb)
+        teacher_logits = None
+        if ref.teacher is not None:
+            with torch.inference_mode():
+                teacher_logits = ref.teacher(xb)
         loss = loss_of(ref, ref.student(xb), yb, teacher_logits)
         ref.optimizer.zero_grad(set_to_none=True)
         loss.backward()

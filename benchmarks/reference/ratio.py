@@ -26,23 +26,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from kdbench.backends.base import LossConfig
+from kdbench.harness.phases import train_phase
+from kdbench.plan import BatchPlan, learning_rates
 from kdbench.settings import Settings
-from kdbench.tools.overhead.measure import (
-    Bench,
-    HarnessSide,
-    Timing,
-    bare_lrs,
-    prepare,
-    split_plan,
-    summarise,
-)
+from kdbench.tools.overhead.measure import Bench, Timing, prepare, split_plan, summarise
 
 HERE = Path(__file__).resolve().parent
 GOAL = 0.97
@@ -65,45 +62,104 @@ def backends_with_reference() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.py") if p.stem not in ("ratio", "__init__"))
 
 
+PHASES = ("distill", "teacher")
+
+
+@dataclass(frozen=True)
+class PhaseInputs:
+    """What one phase trains, as run_cell makes it: the net, its start, plan and loss."""
+
+    name: str
+    net: Any  # the spec's NetSpec: epochs, batch size, schedule
+    arch: Any
+    weights: Any
+    seed: int
+    optimizer: dict[str, Any]
+    loss: LossConfig
+    plan: BatchPlan
+    frozen: tuple[Any, Any] | None  # the teacher's (arch, weights) when distilling
+
+
+def phase_inputs(bench: Bench, phase: str) -> PhaseInputs:
+    p = bench.prepared
+    if phase == "teacher":  # trained on labels alone, from the initial teacher weights
+        return PhaseInputs("teacher", p.spec.teacher, p.loaded.teacher_arch, p.teacher_weights,
+                           p.teacher_seed, p.teacher_optimizer, LossConfig("none"),
+                           p.teacher_plan, None)  # fmt: skip
+    return PhaseInputs("distill", p.spec.student, p.loaded.student_arch, p.student_weights,
+                       p.student_seed, p.student_optimizer, p.loss, p.student_plan,
+                       (p.loaded.teacher_arch, p.teacher_weights))  # fmt: skip
+
+
+class KdbenchSide:
+    """The harness path: the backend's fresh state, then the real train_phase over each block."""
+
+    def __init__(self, bench: Bench, phase: PhaseInputs, warm: BatchPlan) -> None:
+        b, self.bench, self.phase = bench.backend, bench, phase
+        model = b.build(phase.arch, phase.weights, seed=phase.seed)
+        teacher = bench.teacher if phase.frozen else None
+        self.state = b.init_train(model, phase.optimizer, phase.loss, teacher=teacher)
+        self.state, _ = self._run(warm)
+        b.sync(self.state)
+
+    def _run(self, plan: BatchPlan) -> tuple[Any, Any]:
+        p = self.phase
+        return train_phase(self.bench.cell, p.name, p.net, self.state, self.bench.train, plan)
+
+    def timed(self, plan: BatchPlan) -> Timing:
+        c0, t0 = time.process_time(), time.perf_counter()
+        self.state, stats = self._run(plan)
+        self.bench.backend.sync(self.state)  # train_phase synced its last step already
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return Timing(wall, cpu, np.asarray(stats.loss_epochs, dtype=np.float64))
+
+
 class ReferenceSide:
     """The reference loop: fresh networks from the same weights, then the loop over each block."""
 
-    def __init__(self, bench: Bench, module: ModuleType, warm: Any) -> None:
-        p = bench.prepared
-        self.bench, self.module = bench, module
+    def __init__(
+        self, bench: Bench, phase: PhaseInputs, module: ModuleType, warm: BatchPlan
+    ) -> None:
+        data = bench.prepared.data
+        self.phase, self.module = phase, module
+        frozen_arch, frozen_weights = phase.frozen or (None, None)
         self.run = module.setup(
-            p.data.x_train,
-            p.data.y_train,
-            p.loaded.teacher_arch,
-            p.teacher_weights,
-            p.loaded.student_arch,
-            p.student_weights,
-            p.student_optimizer,
-            p.loss,
-            seed=p.student_seed,
+            data.x_train,
+            data.y_train,
+            frozen_arch,
+            frozen_weights,
+            phase.arch,
+            phase.weights,
+            phase.optimizer,
+            phase.loss,
+            seed=phase.seed,
         )
-        module.train(self.run, warm.indices, bare_lrs(bench, warm))
+        module.train(self.run, warm.indices, learning_rates(phase.net, warm))
 
-    def timed(self, plan: Any) -> Timing:
-        lrs = bare_lrs(self.bench, plan)
+    def timed(self, plan: BatchPlan) -> Timing:
+        lrs = learning_rates(self.phase.net, plan)
         c0, t0 = time.process_time(), time.perf_counter()
         losses = self.module.train(self.run, plan.indices, lrs)  # numpy: the device is done
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         return Timing(wall, cpu, losses.reshape(plan.epochs, -1).mean(axis=1))
 
 
-def measure(backend: str, spec: str, repeats: int, steps: int, threads: int) -> dict[str, Any]:
-    """Interleaved kdbench and reference blocks in this process; the figures."""
+def measure(
+    backend: str, spec: str, repeats: int, steps: int, threads: int, phase: str = "distill"
+) -> dict[str, Any]:
+    """Interleaved kdbench and reference blocks of one phase in this process; the figures."""
     started = time.perf_counter()
     module = reference_module(backend)
     bench = prepare(backend, spec=spec, settings=Settings(threads=threads))
-    epochs = max(1, round(steps / bench.plan.steps_per_epoch))
-    warm, blocks = split_plan(bench.plan, bench.cell.warmup, epochs)
+    inputs = phase_inputs(bench, phase)
+    epochs = max(1, round(steps / inputs.plan.steps_per_epoch))
+    epochs = min(epochs, inputs.plan.epochs - 1)  # epoch 0's start is the warm-up
+    warm, blocks = split_plan(inputs.plan, bench.cell.warmup, epochs)
     pairs: list[tuple[Timing, Timing]] = []
     for r in range(repeats):
         sides = {
-            "kdbench": HarnessSide(bench, warm),
-            "reference": ReferenceSide(bench, module, warm),
+            "kdbench": KdbenchSide(bench, inputs, warm),
+            "reference": ReferenceSide(bench, inputs, module, warm),
         }
         for k, block in enumerate(blocks):
             swap = (r * len(blocks) + k) % 2
@@ -111,38 +167,42 @@ def measure(backend: str, spec: str, repeats: int, steps: int, threads: int) -> 
             got = {side: sides[side].timed(block) for side in order}
             pairs.append((got["kdbench"], got["reference"]))
     figures = summarise(backend, bench, pairs, blocks, time.perf_counter() - started)
+    figures["phase"] = phase
     figures["memory_format"] = bench.backend.environment().as_dict().get("memory_format", "-")
     return figures
 
 
-def run_child(backend: str, spec: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_child(backend: str, spec: str, phase: str, args: argparse.Namespace) -> dict[str, Any]:
+    failed = {"backend": backend, "spec": spec, "phase": phase}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, __file__, "--child", backend, "--specs", spec, "--out", str(out),
+        cmd = [sys.executable, __file__, "--child", backend, "--specs", spec, "--phases", phase,
+               "--out", str(out),
                "--repeats", str(args.repeats), "--steps", str(args.steps),
                "--threads", str(args.threads)]  # fmt: skip
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            return {"backend": backend, "spec": spec, "error": f"timed out ({CHILD_TIMEOUT_S} s)"}
+            return {**failed, "error": f"timed out ({CHILD_TIMEOUT_S} s)"}
         if proc.returncode != 0 or not out.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            return {"backend": backend, "spec": spec, "error": tail[0][:300]}
+            return {**failed, "error": tail[0][:300]}
         return json.loads(out.read_text())
 
 
 def table(results: list[dict[str, Any]], threads: int) -> Table:
-    out = Table(title=f"kdbench / reference throughput, distill phase, threads={threads}")
-    for header in ("backend", "spec", "mode", "memory", "pairs x steps", "kdbench samples/s",
+    out = Table(title=f"kdbench / reference throughput, threads={threads}")
+    for header in ("backend", "spec", "phase", "mode", "memory", "pairs x steps", "kdbench samples/s",
                    "reference samples/s", "ratio", "IQR", "losses agree", f">= {GOAL}"):  # fmt: skip
         out.add_column(header, justify="left" if header in ("backend", "spec") else "right")
     for r in results:
         if "error" in r:
-            out.add_row(r["backend"], r["spec"], *["-"] * 8, r["error"])
+            out.add_row(r["backend"], r["spec"], r["phase"], *["-"] * 8, r["error"])
             continue
         out.add_row(
             r["backend"],
             r["spec"],
+            r["phase"],
             r["compile_mode"],
             r["memory_format"],
             f"{r['pairs']} x {r['steps_per_block']}",
@@ -160,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backends", nargs="+", choices=backends_with_reference())
     p.add_argument("--specs", nargs="+", default=["mnist5k"])
+    p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     p.add_argument("--repeats", type=int, default=3, help="rounds, each with fresh state")
     p.add_argument("--steps", type=int, default=216, help="timed steps per round and side")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (0: all cores)")
@@ -168,15 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        figures = measure(args.child, args.specs[0], args.repeats, args.steps, args.threads)
+        figures = measure(
+            args.child, args.specs[0], args.repeats, args.steps, args.threads, args.phases[0]
+        )
         args.out.write_text(json.dumps(figures, default=float))
         return 0
     console = Console(width=None if sys.stdout.isatty() else 200)
     results = []
     for backend in args.backends or backends_with_reference():
         for spec in args.specs:
-            console.print(f"[dim]{backend} on {spec}: {args.repeats} x {args.steps} steps ...[/]")
-            results.append(run_child(backend, spec, args))
+            for phase in args.phases:
+                console.print(f"[dim]{backend}, {spec}, {phase}: {args.repeats} x {args.steps}[/]")
+                results.append(run_child(backend, spec, phase, args))
     console.print(table(results, args.threads))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float))

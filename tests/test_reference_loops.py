@@ -9,6 +9,7 @@ reference that drifts (its flatten order left unpermuted) does not pass.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -106,3 +107,20 @@ def test_the_ratio_tool_pairs_blocks_and_checks_their_losses(phase: str) -> None
     assert figures["loss_max_rel_diff"] < 1e-5
     assert 0.2 < figures["ratio"] < 5.0  # a throughput ratio, not a placeholder
     assert figures["memory_format"] == "channels_last"
+
+
+def test_the_ratio_script_imports_the_frameworks_not_its_namesakes(tmp_path: Path) -> None:
+    """Run as a script, benchmarks/reference/ heads sys.path, where jax.py would shadow jax."""
+    import subprocess
+
+    pytest.importorskip("jax", reason="jax is not installed")
+    proc = subprocess.run(
+        [sys.executable, str(REFERENCE / "ratio.py"), "--backends", "jax", "--phases", "distill",
+         "--specs", "no-such-spec", "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1  # a failed child fails the command
+    (result,) = json.loads((tmp_path / "r.json").read_text())
+    assert "no-such-spec" in result["error"], result[
+        "error"
+    ]  # got as far as the spec: jax imported

@@ -17,6 +17,7 @@ cheaper one. Goal: ratio >= 0.97; where kdbench is slower, the backend is
 what gets fixed, never the reference.
 """
 
+# ruff: noqa: E402 (the imports after the sys.path fix below must stay after it)
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+# Run as a script, this folder heads sys.path, where jax.py and tensorflow.py
+# would shadow the frameworks themselves: out with it, before any import of one.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import numpy as np
 from rich.console import Console

@@ -5,8 +5,9 @@ weights; the neutral layouts are NHWC, HWIO and (in, out). Data stays NHWC in
 memory: a batch is viewed as NCHW with channels-last strides (no copy), and
 the modules are channels-last too, the memory format PyTorch's performance
 guide recommends for convolutions on CPU (oneDNN) and on tensor cores.
-Measured on the default spec's cnn-small teacher, batch 64: the contiguous
-NCHW batch kdbench used before took 9.4 ms a forward, channels-last 4.9 ms.
+On the default spec, contiguous NCHW (what kdbench used before) against
+channels-last, alternating, 3 rounds: median distillation step 10.8 -> 5.8 ms,
+teacher training step 29.1 -> 17.8 ms, same accuracies to the last digit.
 Flatten goes back to NHWC order so the dense layer after it sees features in
 the neutral order; on a channels-last tensor that permute is a free view.
 """

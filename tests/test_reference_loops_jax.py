@@ -9,73 +9,34 @@ that drifts (a flatten order or a temperature scaling wrong) does not pass.
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from reference_loops import (
+    REFERENCE,
+    assert_same_steps,
+    kdbench_losses,
+    load,
+    mnist5k_cell,
+    ratio_figures,
+    reference_losses,
+)
 
 pytest.importorskip("jax", reason="jax is not installed")
 pytest.importorskip("flax.nnx", reason="flax is not installed")
 
-REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "reference"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"reference_under_test_{name}", REFERENCE / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def cell():
-    from kdbench.harness.prepare import prepare_cell
-    from kdbench.spec import load_spec
-
-    return prepare_cell(load_spec("mnist5k"), seed=0)
-
-
-def kdbench_losses(cell, steps: int, optimizer: dict | None = None) -> np.ndarray:
-    from kdbench.backends.base import Settings, get_backend
-    from kdbench.plan import BatchPlan, learning_rates
-
-    backend = get_backend("jax")
-    backend.setup(Settings(threads=1))
-    data = backend.put_dataset(cell.data.x_train, cell.data.y_train)
-    teacher = backend.build(cell.loaded.teacher_arch, cell.teacher_weights, seed=cell.teacher_seed)
-    student = backend.build(cell.loaded.student_arch, cell.student_weights, seed=cell.student_seed)
-    state = backend.init_train(student, optimizer or cell.student_optimizer, cell.loss, teacher)
-    plan = BatchPlan(cell.student_plan.indices[:1, :steps])
-    lrs = learning_rates(cell.spec.student, cell.student_plan)[:steps]
-    losses = []
-    for idx, lr in zip(plan.indices[0], lrs, strict=True):
-        state, loss = backend.train_step(state, data, idx, float(lr))
-        losses.append(float(backend.to_numpy(loss)))
-    return np.array(losses)
-
-
-def reference_losses(module, cell, steps: int, optimizer: dict | None = None) -> np.ndarray:
-    from kdbench.plan import learning_rates
-
-    run = module.setup(
-        cell.data.x_train, cell.data.y_train,
-        cell.loaded.teacher_arch, cell.teacher_weights,
-        cell.loaded.student_arch, cell.student_weights,
-        optimizer or cell.student_optimizer, cell.loss, seed=cell.student_seed,
-    )  # fmt: skip
-    lrs = learning_rates(cell.spec.student, cell.student_plan)[:steps]
-    return module.train(run, cell.student_plan.indices[0, :steps], lrs)
+    return mnist5k_cell()
 
 
 def test_the_jax_reference_takes_kdbenchs_steps(cell) -> None:
-    ours, theirs = kdbench_losses(cell, 20), reference_losses(load("jax"), cell, 20)
-    np.testing.assert_allclose(theirs, ours, rtol=1e-5)
-    assert ours[-1] < ours[0]  # it learns: the steps are real updates
+    assert_same_steps("jax", cell)
 
 
 @pytest.mark.parametrize(
@@ -89,7 +50,7 @@ def test_the_jax_reference_takes_kdbenchs_steps(cell) -> None:
 )
 def test_the_reference_optimizers_are_kdbenchs(cell, optimizer: dict) -> None:
     """PyTorch's coupled L2, momentum buffer and Adam eps, as kdbench's optim.py has them."""
-    ours = kdbench_losses(cell, 6, optimizer)
+    ours = kdbench_losses("jax", cell, 6, optimizer)
     theirs = reference_losses(load("jax"), cell, 6, optimizer)
     np.testing.assert_allclose(theirs, ours, rtol=1e-5)
 
@@ -123,7 +84,7 @@ def test_a_reference_that_drifts_is_caught(cell, monkeypatch, name: str, wrong) 
     or the loss's T scaling."""
     module = load("jax")
     monkeypatch.setattr(module, name, wrong)
-    ours, theirs = kdbench_losses(cell, 5), reference_losses(module, cell, 5)
+    ours, theirs = kdbench_losses("jax", cell, 5), reference_losses(module, cell, 5)
     assert not np.allclose(theirs, ours, rtol=1e-5)
 
 
@@ -140,10 +101,18 @@ def test_dropout_in_the_trained_net_is_refused(cell) -> None:
 
 @pytest.mark.parametrize("phase", ["distill", "teacher"])
 def test_the_ratio_tool_pairs_jax_blocks_and_checks_their_losses(phase: str) -> None:
-    ratio = load("ratio")
-    figures = ratio.measure("jax", "mnist5k", repeats=1, steps=54, threads=1, phase=phase)
-    assert figures["phase"] == phase
-    assert figures["pairs"] == 1 and figures["steps_per_block"] == 54
-    assert figures["loss_max_rel_diff"] < 1e-5
-    assert 0.2 < figures["ratio"] < 5.0  # a throughput ratio, not a placeholder
-    assert figures["compile_mode"] == "jax.jit"
+    assert ratio_figures("jax", phase)["compile_mode"] == "jax.jit"
+
+
+def test_the_ratio_script_imports_the_frameworks_not_its_namesakes(tmp_path: Path) -> None:
+    """Run as a script, benchmarks/reference/ heads sys.path, where jax.py would shadow jax."""
+    proc = subprocess.run(
+        [sys.executable, str(REFERENCE / "ratio.py"), "--backends", "jax", "--phases", "distill",
+         "--specs", "no-such-spec", "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1  # a failed child fails the command
+    (result,) = json.loads((tmp_path / "r.json").read_text())
+    assert "no-such-spec" in result["error"], result[
+        "error"
+    ]  # got as far as the spec: jax imported

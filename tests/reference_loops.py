@@ -1,0 +1,92 @@
+"""What the reference-loop tests share: loading benchmarks/reference/ modules,
+the default spec's cell, and the losses of kdbench's backend and of a reference
+over the same steps (test_reference_loops_<backend>.py, one file a framework)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "reference"
+
+
+def load(name: str) -> ModuleType:
+    """A module of benchmarks/reference/ by path (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        f"reference_under_test_{name}", REFERENCE / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def mnist5k_cell() -> Any:
+    from kdbench.harness.prepare import prepare_cell
+    from kdbench.spec import load_spec
+
+    return prepare_cell(load_spec("mnist5k"), seed=0)
+
+
+def kdbench_losses(
+    backend_name: str, cell: Any, steps: int, optimizer: dict | None = None
+) -> np.ndarray:
+    """The distillation's first steps through the backend's train_step."""
+    from kdbench.backends.base import Settings, get_backend
+    from kdbench.plan import learning_rates
+
+    backend = get_backend(backend_name)
+    backend.setup(Settings(threads=1))
+    data = backend.put_dataset(cell.data.x_train, cell.data.y_train)
+    teacher = backend.build(cell.loaded.teacher_arch, cell.teacher_weights, seed=cell.teacher_seed)
+    student = backend.build(cell.loaded.student_arch, cell.student_weights, seed=cell.student_seed)
+    state = backend.init_train(student, optimizer or cell.student_optimizer, cell.loss, teacher)
+    lrs = learning_rates(cell.spec.student, cell.student_plan)[:steps]
+    losses = []
+    for idx, lr in zip(cell.student_plan.indices[0, :steps], lrs, strict=True):
+        state, loss = backend.train_step(state, data, idx, float(lr))
+        losses.append(float(backend.to_numpy(loss)))
+    return np.array(losses)
+
+
+def reference_losses(
+    module: ModuleType, cell: Any, steps: int, optimizer: dict | None = None
+) -> np.ndarray:
+    """The same steps through a reference loop."""
+    from kdbench.plan import learning_rates
+
+    run = module.setup(
+        cell.data.x_train, cell.data.y_train,
+        cell.loaded.teacher_arch, cell.teacher_weights,
+        cell.loaded.student_arch, cell.student_weights,
+        optimizer or cell.student_optimizer, cell.loss, seed=cell.student_seed,
+    )  # fmt: skip
+    lrs = learning_rates(cell.spec.student, cell.student_plan)[:steps]
+    return module.train(run, cell.student_plan.indices[0, :steps], lrs)
+
+
+def assert_same_steps(backend_name: str, cell: Any, steps: int = 20) -> None:
+    """The reference takes the backend's steps: same losses, and they fall."""
+    ours = kdbench_losses(backend_name, cell, steps)
+    theirs = reference_losses(load(backend_name), cell, steps)
+    assert theirs.dtype == np.float64 and theirs.shape == (steps,)
+    np.testing.assert_allclose(theirs, ours, rtol=1e-5)
+    assert ours[-1] < ours[0]  # it learns: the steps are real updates
+
+
+def ratio_figures(backend_name: str, phase: str) -> dict[str, Any]:
+    """ratio.measure on one short round, with what every backend's figures must show."""
+    figures = load("ratio").measure(
+        backend_name, "mnist5k", repeats=1, steps=54, threads=1, phase=phase
+    )
+    assert figures["phase"] == phase
+    assert figures["pairs"] == 1 and figures["steps_per_block"] == 54
+    assert figures["loss_max_rel_diff"] < 1e-5  # the pair took the same steps
+    assert 0.2 < figures["ratio"] < 5.0  # a throughput ratio, not a placeholder
+    return figures

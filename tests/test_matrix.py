@@ -42,8 +42,10 @@ def records(out: Path) -> list[dict]:
 
 
 def test_builtin_matrices_expand() -> None:
-    assert {"quick", "default", "full"} <= set(builtin_matrices())
+    assert {"quick", "default", "full", "compile"} <= set(builtin_matrices())
     assert len(load_matrix("default").expand()) == 1
+    modes = [combo.runtime["compile"] for _, combo in load_matrix("compile").expand()]
+    assert modes == ["eager", "default", "compiled"]
     full = load_matrix("full").expand()
     assert len(full) == 2 * 2 * 2 * 2  # specs x compile x batch sizes x temperatures
     hashes = {

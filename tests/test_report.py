@@ -328,6 +328,83 @@ def test_phase_and_host_tables(runs: tuple[Path, Path]) -> None:
     assert gpu[("distillation", "jax")]["GFLOP/s"] == "-"
 
 
+def mode_record(
+    backend: str, compile: str, name: str, warmup_s: float, step_s: float, iqr_s: float
+) -> dict[str, Any]:
+    """A finished cell in one compile mode: its warm-up and steady steps as given."""
+    record = ok_record(backend, 0, (0.9, 0.8, 0.85), step_s=step_s, run_id="C")
+    record["settings"].update(compile=compile, compile_mode=name)
+    for phase in ("teacher", "scratch", "distill"):
+        record["phases"][phase].update(
+            warmup_s=warmup_s,
+            first_step_s=0.75 * warmup_s,
+            step_time_iqr_s=iqr_s,
+            step_times_s=[0.75 * warmup_s, 0.25 * warmup_s] + [step_s] * 10,
+        )
+    return record
+
+
+def test_compile_table_break_even(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """Break-even = warm-up steps + extra warm-up / step saved, worked out by hand."""
+    cells = [
+        # torch: compiled costs 4.0 s more warm-up and saves 3 ms a step: 2 + ceil(1333.3)
+        mode_record("pytorch", "eager", "eager", 0.9, 0.008, 0.0004),
+        mode_record("pytorch", "default", "eager", 0.9, 0.008, 0.0004),
+        mode_record("pytorch", "compiled", "torch.compile", 4.9, 0.005, 0.0002),
+        # tf: default has the shorter warm-up and the faster step (at once); compiled
+        # saves 14 ms a step on 1.0 s more warm-up than eager (2 + ceil(71.4)), and
+        # its steps are slower than default's (never)
+        mode_record("tensorflow", "eager", "eager", 2.0, 0.020, 0.001),
+        mode_record("tensorflow", "default", "tf.function", 1.5, 0.004, 0.0002),
+        mode_record("tensorflow", "compiled", "tf.function+xla", 3.0, 0.006, 0.0002),
+        # jax: eager timed out; compiled is 0.3 ms faster, inside the 1 ms IQRs: 2 + ceil(433.3)
+        failed_record("jax", 0, "timeout", "the cell ran past its time limit of 60 s", "C"),
+        mode_record("jax", "default", "jax.jit", 1.0, 0.0030, 0.001),
+        mode_record("jax", "compiled", "jax.jit", 1.13, 0.0027, 0.001),
+    ]
+    cells[6]["settings"]["compile"] = "eager"
+    report = build([write_run(tmp_path / "modes", cells)])
+    assert len(report.sections) == 3 and len(report.comparisons) == 1
+    assert build(runs).comparisons == []  # one compile mode: no table
+
+    table = report.comparisons[0].tables[0]
+    assert table.name == "compile" and "compile" not in report.comparisons[0].settings_shown
+    shown = {(r["phase"], r["backend"], r["compile"]): r for r in table.shown.to_dict("records")}
+    assert {p for p, _, _ in shown} == {"teacher training", "distillation"}
+    torch = shown[("distillation", "pytorch", "compiled")]
+    assert torch["compile mode"] == "torch.compile" and torch["status"] == "ok"
+    assert torch["warm-up s"] == "4.900" and torch["first step s"] == "3.675"
+    assert torch["step ms"] == "5.000" and torch["steps total s"] == "4.95"
+    assert torch["break-even vs eager"] == "1,336" and torch["break-even vs default"] == "1,336"
+    # the same mode twice: equal steps are never faster, and the difference is noise
+    assert (
+        shown[("distillation", "pytorch", "default")]["break-even vs eager"]
+        == "never (within noise)"
+    )
+    assert shown[("distillation", "pytorch", "eager")]["break-even vs eager"] == "-"
+    tf = {m: shown[("distillation", "tensorflow", m)] for m in ("default", "compiled")}
+    assert tf["default"]["break-even vs eager"] == "at once"
+    assert tf["compiled"]["break-even vs eager"] == "74"
+    assert tf["compiled"]["break-even vs default"] == "never"
+    jax = {m: shown[("distillation", "jax", m)] for m in ("eager", "default", "compiled")}
+    assert jax["eager"]["status"].startswith("1 timeout: the cell ran past")
+    assert jax["eager"]["step ms"] == "-" and jax["compiled"]["break-even vs eager"] == "-"
+    assert jax["compiled"]["break-even vs default"] == "436 (within noise)"
+    assert jax["default"]["break-even vs eager"] == "-"
+
+    tidy = table.tidy.set_index(["phase", "backend", "compile", "quantity"])["value"]
+    assert tidy[("distill", "pytorch", "compiled", "break_even_steps_vs_eager")] == 1336
+    assert tidy[("distill", "tensorflow", "compiled", "break_even_steps_vs_default")] == np.inf
+    assert set(table.tidy["settings.precision"]) == {"float32"}
+
+    out = tmp_path / "report"
+    write_report([str(tmp_path / "modes")], out, formats=["md", "csv", "tex"], plots=False)
+    md = (out / "report.md").read_text()
+    assert "## Compile modes: CPU (AMD EPYC, 2 CPUs)" in md and "break-even vs eager" in md
+    assert (out / "csv" / "compile.csv").is_file()
+    assert "Compile modes" in (out / "report.tex").read_text()
+
+
 def test_old_records_with_one_eval_phase(tmp_path: Path) -> None:
     record = ok_record("pytorch", 0, (0.9, 0.8, 0.85))
     for name in ("eval_teacher", "eval_student"):

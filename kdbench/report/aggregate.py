@@ -96,6 +96,7 @@ class Report:
     runs_env: pd.DataFrame
     frameworks_env: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    comparisons: list = field(default_factory=list)  # compile_modes.Comparison: across sections
 
 
 def run_paths(runs: Sequence[str | Path]) -> list[Path]:
@@ -206,6 +207,8 @@ def build(runs: Sequence[str | Path]) -> Report:
             f"hardware or with different fairness settings: {len(sections)} sections, and "
             "numbers from different sections are not comparable."
         )
+    from kdbench.report.compile_modes import compile_comparisons  # it imports this module
+
     return Report(
         run_paths(runs),
         frame,
@@ -213,6 +216,7 @@ def build(runs: Sequence[str | Path]) -> Report:
         runs_environment(frame),
         frameworks_environment(frame),
         notes,
+        compile_comparisons(sections),
     )
 
 

@@ -121,7 +121,7 @@ def html(report: Report, plots: list[Plot]) -> str:
     env.globals.update(zip=zip, left=LEFT, rows=_rows)
     return env.from_string(TEMPLATE).render(
         header=header_lines(report),
-        sections=report.sections,
+        sections=[*report.sections, *report.comparisons],
         plots=plots,
         images={p.path: data_uri(p.path) for p in plots},
         runs_env=transposed(report.runs_env),

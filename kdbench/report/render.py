@@ -15,9 +15,11 @@ import pandas as pd
 
 from kdbench import __version__
 from kdbench.report.aggregate import Report, Section
+from kdbench.report.compile_modes import Comparison
 from kdbench.report.plots import Plot
 
 TIDY_TABLES = ("accuracy", "phases", "host", "failures")
+COMPARISON_TABLES = ("compile",)  # written only when a report has them
 SECTION_NOTE = (
     "Only cells that ran on the same hardware with the same fairness settings share a table."
 )
@@ -34,10 +36,18 @@ def header_lines(report: Report) -> list[str]:
         f"{len(report.sections)} section(s). {SECTION_NOTE}",
         f"Made by kdbench {__version__} on {stamp}.",
         *report.notes,
+        *(
+            [
+                "Each compile mode is a setting of its own, so its cells have their own section; "
+                "the compile-mode table at the end puts the modes side by side."
+            ]
+            if report.comparisons
+            else []
+        ),
     ]
 
 
-def settings_line(section: Section) -> str:
+def settings_line(section: Section | Comparison) -> str:
     return "; ".join(f"{k}: {v}" for k, v in section.settings_shown.items())
 
 
@@ -45,7 +55,7 @@ def settings_line(section: Section) -> str:
 
 
 LEFT = {"spec", "phase", "backend", "status", "error", "cell", "run", "compile mode", "fact"}
-LEFT |= {"seeds ok"}
+LEFT |= {"seeds ok", "compile"}
 
 
 def transposed(runs_env: pd.DataFrame) -> pd.DataFrame:
@@ -66,7 +76,7 @@ def markdown(report: Report, plots: list[Plot], out_dir: Path) -> str:
     """One Markdown page; figures are linked as files next to it."""
     lines = ["# kdbench report", ""]
     lines += [f"{line}  " for line in header_lines(report)] + [""]
-    for section in report.sections:
+    for section in [*report.sections, *report.comparisons]:
         lines += [f"## {section.title}", "", f"Settings: {settings_line(section)}.", ""]
         for table in section.tables:
             lines += [f"### {table.title}", ""]
@@ -92,6 +102,10 @@ def csv_tables(report: Report) -> dict[str, pd.DataFrame]:
     for name in TIDY_TABLES:
         parts = [t.tidy for s in report.sections for t in s.tables if t.name == name]
         out[name] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    for name in COMPARISON_TABLES:
+        parts = [t.tidy for c in report.comparisons for t in c.tables if t.name == name]
+        if parts:
+            out[name] = pd.concat(parts, ignore_index=True)
     if out["failures"].empty:
         out["failures"] = pd.DataFrame(
             columns=["section", "spec", "backend", "seed", "status", "error", "cell", "run"]
@@ -172,7 +186,7 @@ def latex(report: Report, plots: list[Plot], out_dir: Path) -> str:
         r"\section*{kdbench report}",
         *(tex_escape(line) + r"\par" for line in header_lines(report)),
     ]
-    for section in report.sections:
+    for section in [*report.sections, *report.comparisons]:
         lines += [
             rf"\section*{{{tex_escape(section.title)}}}",
             tex_escape(f"Settings: {settings_line(section)}.") + r"\par",

@@ -99,3 +99,25 @@ def test_gpu_request_without_a_gpu_fails_clearly() -> None:
         pytest.skip("this machine has a GPU")
     with pytest.raises(RuntimeError, match="no CUDA device"):
         PyTorchBackend().setup(Settings(device="gpu", threads=2))
+
+
+def test_relu_overwrites_only_fresh_tensors_never_the_input(pt) -> None:
+    """In place after a conv, dense or pool (no backward needs their outputs);
+    after a flatten (a view of the batch) or dropout (eval: the same tensor) not."""
+    from kdbench.architectures import Dense, Flatten, ReLU
+    from kdbench.backends.pytorch.model import build_module
+
+    arch = resolve(None, [Flatten(), ReLU(), Dense(units=8), ReLU(), Dense(units=3)], (2, 2, 1), 3)
+    relus = [m.inplace for m in build_module(arch) if isinstance(m, torch.nn.ReLU)]
+    assert relus == [False, True]
+    x = np.random.default_rng(0).normal(size=(5, 2, 2, 1)).astype(np.float32)
+    before = x.copy()
+    model = pt.build(arch, weights(arch))
+    pt.forward(model, x)
+    pt.loss_and_grads(model, x, np.zeros(5, dtype=np.int32), LossConfig("none"))
+    np.testing.assert_array_equal(x, before)
+    teacher = [m for m in build_module(resolve("cnn-small", None, (28, 28, 1), 10))]
+    after = [
+        type(teacher[i - 1]).__name__ for i, m in enumerate(teacher) if getattr(m, "inplace", False)
+    ]
+    assert after and set(after) <= {"Conv2d", "Linear", "MaxPool2d"}

@@ -6,8 +6,9 @@ from kdbench's backend; only the shapes and the initial weights come from the
 spec, so the two compute the same losses and the ratio tool can check that.
 
 What an expert does, following PyTorch's performance tuning guide:
-- native layers (``nn.Conv2d``, ``nn.MaxPool2d``, ``nn.Flatten``, ``nn.Linear``)
-  in an ``nn.Sequential``; conv nets in the channels_last memory format, and
+- native layers (``nn.Conv2d``, ``nn.MaxPool2d``, ``nn.Flatten``, ``nn.Linear``,
+  ``nn.ReLU(inplace=True)`` after a layer that makes a new tensor, as
+  torchvision's nets have it) in an ``nn.Sequential``; conv nets in the channels_last memory format, and
   the NHWC images loaded the usual way, ``torch.from_numpy(x).permute(0, 3, 1, 2)``
   (a channels-last view);
 - the batch gathered by tensor indexing on the device, the frozen teacher
@@ -52,6 +53,7 @@ def network(arch: Any, weights: dict[str, np.ndarray]) -> nn.Sequential:
     layers: list[nn.Module] = []
     state: dict[str, torch.Tensor] = {}
     chw: tuple[int, int, int] | None = None
+    kind_before = None
     for index, layer, in_shape, _ in arch.walk():
         kind = layer.type
         if kind == "conv2d":
@@ -74,13 +76,14 @@ def network(arch: Any, weights: dict[str, np.ndarray]) -> nn.Sequential:
             layers.append(nn.Flatten())
             chw = tuple(in_shape) if len(in_shape) == 3 else None  # type: ignore[assignment]
         elif kind == "relu":
-            layers.append(nn.ReLU())
+            layers.append(nn.ReLU(inplace=kind_before in ("conv2d", "dense", "maxpool")))
         elif kind == "dropout":
             layers.append(nn.Dropout(layer.rate))
         else:
             raise TypeError(f"no native layer for {layer!r}")
         if f"{index}.bias" in weights:
             state[f"{index}.bias"] = torch.from_numpy(weights[f"{index}.bias"])
+        kind_before = kind
     model = nn.Sequential(*layers)
     model.load_state_dict(state, strict=True)
     return model.to(memory_format=torch.channels_last)

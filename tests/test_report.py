@@ -334,6 +334,7 @@ def mode_record(
     """A finished cell in one compile mode: its warm-up and steady steps as given."""
     record = ok_record(backend, 0, (0.9, 0.8, 0.85), step_s=step_s, run_id="C")
     record["settings"].update(compile=compile, compile_mode=name)
+    record["label"] = f"compile={compile},distill.temperature=4.0"  # as a matrix labels it
     for phase in ("teacher", "scratch", "distill"):
         record["phases"][phase].update(
             warmup_s=warmup_s,
@@ -363,6 +364,7 @@ def test_compile_table_break_even(runs: tuple[Path, Path], tmp_path: Path) -> No
         mode_record("jax", "compiled", "jax.jit", 1.13, 0.0027, 0.001),
     ]
     cells[6]["settings"]["compile"] = "eager"
+    cells[6]["label"] = "compile=eager,distill.temperature=4.0"
     report = build([write_run(tmp_path / "modes", cells)])
     assert len(report.sections) == 3 and len(report.comparisons) == 1
     assert build(runs).comparisons == []  # one compile mode: no table
@@ -371,6 +373,7 @@ def test_compile_table_break_even(runs: tuple[Path, Path], tmp_path: Path) -> No
     assert table.name == "compile" and "compile" not in report.comparisons[0].settings_shown
     shown = {(r["phase"], r["backend"], r["compile"]): r for r in table.shown.to_dict("records")}
     assert {p for p, _, _ in shown} == {"teacher training", "distillation"}
+    assert set(table.shown["spec"]) == {"tiny [distill.temperature=4.0]"}  # one row per mode
     torch = shown[("distillation", "pytorch", "compiled")]
     assert torch["compile mode"] == "torch.compile" and torch["status"] == "ok"
     assert torch["warm-up s"] == "4.900" and torch["first step s"] == "3.675"

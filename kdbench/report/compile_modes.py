@@ -97,9 +97,23 @@ def compile_comparisons(sections: list[Section]) -> list[Comparison]:
         shared = {k: v for k, v in first.settings.items() if k != COMPILE}
         comparison = Comparison(f"compile-{len(out) + 1}", first.hardware, shared)
         cells = pd.concat([s.cells for s in group])
+        cells["spec"] = _spec_label(cells)
         comparison.tables.append(_table(comparison, cells))
         out.append(comparison)
     return out
+
+
+def _spec_label(cells: pd.DataFrame) -> pd.Series:
+    """The spec as shown, without the compile mode a matrix label names: the
+    modes of one spec and other axes share rows (hash shown when one name
+    stands for several spec contents)."""
+    rest = cells["label"].map(
+        lambda text: ",".join(p for p in text.split(",") if p and not p.startswith("compile="))
+    )
+    label = cells[column("spec.name")] + rest.map(lambda x: f" [{x}]" if x else "")
+    spec_hash = cells[column("spec.hash")]
+    several = cells.groupby(label)[column("spec.hash")].transform("nunique") > 1
+    return label + several.map({True: " #", False: ""}) + spec_hash.str[:7].where(several, "")
 
 
 def _median(ok: pd.DataFrame, col: str) -> float:

@@ -384,6 +384,41 @@ def test_17_data_and_plan_mistakes_are_found_before_the_first_cell(tmp_path: Pat
     assert not out.exists()
 
 
+def test_19_a_cell_whose_runner_died_records_nothing(tmp_path: Path) -> None:
+    """A runner killed outright closes the event pipe before the kernel kills its
+    cell; a cell that then recorded the broken pipe as its failure would be taken
+    for done by --resume (CI caught one: seed0 'failed: BrokenPipeError')."""
+    spec, out = write_spec(tmp_path), tmp_path / "run"
+    runner = start("run", str(spec), "--backend", "stub", "--seeds", "1", "--out", str(out),
+                   KDBENCH_STUB_STEP_S="0.2")  # fmt: skip
+    deadline = time.time() + 60
+    while not list(out.glob("logs/*.job.json")):  # the first cell has started
+        assert time.time() < deadline and runner.poll() is None
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGKILL)
+    runner.wait(timeout=30)
+    (job_file,) = (out / "logs").glob("*.job.json")
+    record_file = Path(json.loads(job_file.read_text())["record_file"])
+    # The same cell under a parent that is gone before its first event (and that,
+    # unlike the runner, set no death signal): the event pipe is broken from the start.
+    orphan = subprocess.run(
+        [sys.executable, "-c",
+         "import os, subprocess, sys; p = subprocess.Popen([sys.executable, '-m', "
+         "'kdbench.runner.worker', sys.argv[1]], stdout=subprocess.PIPE); print(p.pid)",
+         str(job_file)],
+        capture_output=True, text=True, env={**os.environ, **STUB}, timeout=60,
+    )  # fmt: skip
+    pid = int(orphan.stdout)
+    while Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text():
+        assert time.time() < deadline + 60, "the orphaned cell did not stop"
+        time.sleep(0.05)
+    assert not record_file.exists()
+    assert not list((out / "records").glob("*.json"))
+    resumed = kdbench("run", "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert ok_per_cell(out) == {"s/stub/seed0": 1}
+
+
 # --- crash consistency ----------------------------------------------------------------------
 
 

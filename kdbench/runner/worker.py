@@ -68,13 +68,32 @@ def failure_status(exc: BaseException) -> str:
     return "failed"
 
 
+# The exit code of a cell whose runner died under it: no record is written.
+ORPHANED = 3
+
+
+def runner_gone(runner_pid: int) -> bool:
+    """Whether the runner that started this cell has died (the cell was reparented).
+
+    A runner killed outright closes its end of the event pipe before the kernel
+    sends the cell its death signal (PR_SET_PDEATHSIG): in that window a cell
+    must not record the failure the broken pipe causes, or --resume would take
+    the cell for done.
+    """
+    return os.getppid() != runner_pid
+
+
 def emit(event: dict[str, Any]) -> None:
-    print(EVENT_PREFIX + json.dumps(event), flush=True)
+    try:
+        print(EVENT_PREFIX + json.dumps(event), flush=True)
+    except BrokenPipeError:  # the runner is gone: nobody to report to, nothing to record
+        os._exit(ORPHANED)
 
 
 def main(argv: list[str] | None = None) -> int:
     from kdbench.harness.cell import run_cell
 
+    runner_pid = os.getppid()
     args = sys.argv[1:] if argv is None else argv
     job = CellJob.from_json(Path(args[0]).read_text())
     started = time.perf_counter()
@@ -85,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_cell(loaded, job.backend, job.seed, job.settings, job.data_dir, emit, cache)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the cell's record
+        if runner_gone(runner_pid):  # the failure is the runner's death, not the cell's
+            return ORPHANED
         update = {
             "status": failure_status(exc),
             "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:2000],

@@ -465,3 +465,20 @@ def test_the_runner_killed_at_random_moments_loses_and_repeats_nothing(tmp_path:
     left = subprocess.run(["pgrep", "-f", f"kdbench.runner.worker {tmp_path}"],
                           capture_output=True, text=True).stdout  # fmt: skip
     assert not left.strip(), "a cell outlived its runner"
+
+
+def test_a_stop_request_is_seen_even_if_its_exception_was_swallowed(monkeypatch) -> None:
+    """The signal handler's KeyboardInterrupt can land in an at-fork hook, where
+    Python ignores it (CI saw SIGHUP end a run with exit 1, not 130); the
+    runner's waits see the stop request instead, before the next cell starts."""
+    from kdbench.runner import execute as runner
+
+    started = []
+    monkeypatch.setattr(runner, "run_job", lambda job, run, on_event: started.append(job))
+    runner.STOP.set()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.execute(None, ["a job"], lambda *a: None, lambda r: None)  # type: ignore[arg-type]
+    finally:
+        runner.STOP.clear()
+    assert started == []

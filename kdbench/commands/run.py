@@ -26,7 +26,7 @@ from kdbench.commands.show import print_table
 from kdbench.errors import KdbenchError
 from kdbench.records.schema import Record
 from kdbench.runner.checks import check_seeds, check_timeout, train_sizes
-from kdbench.runner.execute import execute
+from kdbench.runner.execute import STOP, execute
 from kdbench.runner.folder import Run, create_run, default_out_dir, load_run, plan_run, repair
 from kdbench.runner.job import CellJob
 from kdbench.runner.lock import RunLock
@@ -84,11 +84,11 @@ def _stop_on_signals() -> None:
     process left in place (a parent may hand down SIGINT ignored)."""
 
     def interrupt(signum: int, frame: Any) -> None:
+        STOP.set()  # seen by the runner's waits even if this exception is swallowed
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGHUP, interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
 
 
 # Flags that would change what the planned cells are: --resume refuses them.

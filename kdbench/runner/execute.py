@@ -65,6 +65,17 @@ def _oom_kills() -> int | None:
     return None
 
 
+# Set by the runner's signal handler beside raising KeyboardInterrupt: an
+# exception raised by a handler can land where Python swallows it (an at-fork
+# hook of subprocess's fork, a finalizer), so the waits below look here too.
+STOP = threading.Event()
+
+
+def check_stop() -> None:
+    if STOP.is_set():
+        raise KeyboardInterrupt
+
+
 def _reader(stream: Any, events: queue.Queue[dict[str, Any]]) -> None:
     for line in stream:
         if line.startswith(EVENT_PREFIX):
@@ -115,6 +126,7 @@ def run_job(job: CellJob, run: Run, on_event: OnEvent) -> Record:
         timed_out = False
         try:
             while proc.poll() is None:
+                check_stop()
                 with contextlib.suppress(queue.Empty):
                     on_event(job, events.get(timeout=0.2))
                 if timeout_s is not None and time.perf_counter() - started > timeout_s:
@@ -152,6 +164,7 @@ def execute(
 ) -> None:
     """Run the jobs; each record is published and appended before the next cell starts."""
     for job in jobs:
+        check_stop()
         try:
             record = run_job(job, run, on_event)
             append_record(run.results, record)

@@ -42,6 +42,7 @@ ENV_KEYS = {
     "tf32_conv",
     "deterministic",
     "memory_counter",
+    "memory_format",
 }
 
 

@@ -62,6 +62,7 @@ def test_environment_records_the_flags_in_force(pt) -> None:
     assert env["compile_mode"] == "eager" and env["device_kind"] == "cpu"
     assert env["intra_op_threads"] == 2 and env["tf32_matmul"] is False
     assert env["memory_counter"] is None and pt.peak_memory() is None
+    assert env["memory_format"] == "channels_last"
 
 
 @pytest.mark.slow

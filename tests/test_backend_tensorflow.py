@@ -260,7 +260,7 @@ def test_environment_has_the_pytorch_keys_and_the_flags_in_force(tfb) -> None:
     keys = {
         "framework", "framework_version", "device", "device_kind", "cuda_version",
         "cudnn_version", "compile_mode", "intra_op_threads", "inter_op_threads",
-        "tf32_matmul", "tf32_conv", "deterministic", "memory_counter",
+        "tf32_matmul", "tf32_conv", "deterministic", "memory_counter", "memory_format",
     }  # fmt: skip
     assert set(env) == keys
     if is_installed("pytorch"):

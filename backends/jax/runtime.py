@@ -133,6 +133,7 @@ def environment(device: jax.Device, compile_mode: str, flags_before_init: bool) 
         if has_peak
         else None,
         extra={
+            "memory_format": "channels_last",  # NHWC, flax's convolutions' layout
             "jaxlib_version": jaxlib.__version__,
             "flax_version": flax.__version__,
             "optax_version": optax.__version__,

@@ -70,4 +70,5 @@ def environment(gpu: bool, compile_mode: str) -> Environment:
         tf32_conv=tf32,  # one TF flag governs both
         deterministic=op_determinism_enabled(),
         memory_counter="tf.config.experimental.get_memory_info['peak']" if gpu else None,
+        extra={"memory_format": "channels_last"},  # NHWC, Keras's data_format
     )

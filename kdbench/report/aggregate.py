@@ -26,14 +26,15 @@ from kdbench.report.quantities import (
     HOST_QUANTITIES,
     PHASE_NAMES,
     PHASE_QUANTITIES,
-    SETTING_NAMES,
     Quantity,
     Stat,
     as_text,
     backend_order,
     describe,
     format_stat,
+    hardware_shown,
     phases_of,
+    settings_shown,
 )
 
 if TYPE_CHECKING:  # compile_modes imports this module
@@ -74,17 +75,11 @@ class Section:
 
     @property
     def settings_shown(self) -> dict[str, str]:
-        """The settings with the names a reader knows them by."""
-        known = list(SETTING_NAMES)
-        order = sorted(self.settings, key=lambda c: (known.index(c) if c in known else 99, c))
-        return {SETTING_NAMES.get(c, c.removeprefix("settings.")): self.settings[c] for c in order}
+        return settings_shown(self.settings)
 
     @property
     def title(self) -> str:
-        device = self.hardware["device"]
-        host = f"{self.hardware['cpu']}, {self.hardware['cpus']} CPUs"
-        where = f"CPU ({host})" if device == "cpu" else f"{device} (host: {host})"
-        return f"Section {self.index}: {where}"
+        return f"Section {self.index}: {hardware_shown(self.hardware)}"
 
     @property
     def key(self) -> dict[str, str]:

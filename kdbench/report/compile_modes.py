@@ -16,7 +16,13 @@ import pandas as pd
 
 from kdbench.records.schema import column, phase_column
 from kdbench.report.aggregate import Section, Table
-from kdbench.report.quantities import PHASE_NAMES, SETTING_NAMES, as_text, backend_order
+from kdbench.report.quantities import (
+    PHASE_NAMES,
+    as_text,
+    backend_order,
+    hardware_shown,
+    settings_shown,
+)
 
 COMPILE = column("settings.compile")
 COMPILE_MODE = column("settings.compile_mode")
@@ -48,16 +54,11 @@ class Comparison:
 
     @property
     def title(self) -> str:
-        device = self.hardware["device"]
-        host = f"{self.hardware['cpu']}, {self.hardware['cpus']} CPUs"
-        where = f"CPU ({host})" if device == "cpu" else f"{device} (host: {host})"
-        return f"Compile modes: {where}"
+        return f"Compile modes: {hardware_shown(self.hardware)}"
 
     @property
     def settings_shown(self) -> dict[str, str]:
-        known = list(SETTING_NAMES)
-        order = sorted(self.settings, key=lambda c: (known.index(c) if c in known else 99, c))
-        return {SETTING_NAMES.get(c, c.removeprefix("settings.")): self.settings[c] for c in order}
+        return settings_shown(self.settings)
 
 
 def break_even(

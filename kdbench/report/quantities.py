@@ -169,3 +169,17 @@ def as_text(value: Any) -> str:
 def backend_order(names: Iterable[str]) -> list[str]:
     known = backend_names()
     return sorted(set(names), key=lambda n: (known.index(n) if n in known else len(known), n))
+
+
+def settings_shown(settings: dict[str, str]) -> dict[str, str]:
+    """The settings with the names a reader knows them by, in the usual order."""
+    known = list(SETTING_NAMES)
+    order = sorted(settings, key=lambda c: (known.index(c) if c in known else 99, c))
+    return {SETTING_NAMES.get(c, c.removeprefix("settings.")): settings[c] for c in order}
+
+
+def hardware_shown(hardware: dict[str, str]) -> str:
+    host = f"{hardware['cpu']}, {hardware['cpus']} CPUs"
+    return (
+        f"CPU ({host})" if hardware["device"] == "cpu" else f"{hardware['device']} (host: {host})"
+    )

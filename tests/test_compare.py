@@ -1,8 +1,8 @@
 """`kdbench compare`: real runs for the proof, synthetic records for the rules.
 
 The proof uses real, noisy data from this machine: two runs of the same
-spec made side by side (so that a change of machine load hits both) must not
-be called a regression, and a copy of one run with every step 20% slower must
+spec whose cells alternate in time (so that a change of machine load hits
+both) must not be called a regression, and a copy of one run with every step 20% slower must
 be, while 2% slower must not.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 from conftest import tiny_spec
 
-from kdbench.backends.base import is_installed
+from kdbench.backends.base import PLUGINS_ENV, is_installed
 from kdbench.compare import (
     FASTER,
     NOT_COMPARABLE,
@@ -34,7 +35,7 @@ from kdbench.compare import (
 # Realistic step counts (about 470 steady steps per phase, ~0.5 ms each): the
 # tiny 78-step spec of test_cli is too short to tell 20% from noise on a
 # loaded machine, and the compare says so (uncertain) rather than guess.
-STEPS_SPEC = tiny_spec("steps", epochs=3, batch_size=8, seeds=3, warmup=5)
+STEPS_SPEC = tiny_spec("steps", epochs=3, batch_size=8, warmup=5)
 
 needs_torch = pytest.mark.skipif(not is_installed("pytorch"), reason="torch is not installed")
 Records = list[dict[str, Any]]
@@ -148,32 +149,56 @@ def synthetic(seed: int, scale: float = 1.0, steps: int = 300, **fields: Any) ->
 # --- the proof on real runs ----------------------------------------------------------
 
 
+# The same PyTorch backend under a second name (tests/twin_backend.py): one run
+# of both alternates their cells, since backend is the runner's innermost loop.
+TWIN = "pytorch_twin"
+TESTS = Path(__file__).resolve().parent
+# Five seeds: a phase is called slower or faster only if it is so in every
+# seed, and each seed is a process with a speed of its own (eval batches of
+# one process came out 2x slower than the others' on a quiet machine). With
+# three seeds, same-code sides agree in every seed by chance 1 time in 4 where
+# each seed's test is significant; with five, 1 in 16.
+AA_SEEDS = 5
+
+
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two real runs of the same spec, side by side so that a change of machine
-    load hits both. Not pinned to a CPU each: on a shared machine a pinned run
-    keeps its CPU's other load for its whole length, and all of its seeds come
-    out slower (or faster) together, which no compare can tell from code."""
+    """Two real runs of the same spec whose cells alternate in time (a0 b0 a1 b1
+    ...), so that a change of machine load hits both sides alike.
+
+    Made as one run of PyTorch and its twin, split by backend. Not two runs
+    side by side: those go in lockstep, one a little behind, and a short phase
+    near a cell's end (the eval batches) then always meets the other run in the
+    same state; in a CI run b's eval batches came out 30% faster in every seed.
+    Not pinned to a CPU each either: a pinned run keeps its CPU's other load for
+    its whole length, and all of its seeds come out slower (or faster) together.
+    """
     if not is_installed("pytorch"):
         pytest.skip("torch is not installed")
     root = tmp_path_factory.mktemp("compare")
     spec = root / "steps.toml"
     spec.write_text(STEPS_SPEC)
-    runs = (root / "a", root / "b")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "kdbench", "run", str(spec), "--backend", "pytorch"]
-            + ["--seeds", "3", "--threads", "1", "--out", str(out)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for out in runs
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-    return runs
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, PLUGINS_ENV: f"{TWIN}=twin_backend:PyTorchTwin", "PYTHONPATH": path}
+    done = subprocess.run(
+        [sys.executable, "-m", "kdbench", "run", str(spec), "--backend", f"pytorch,{TWIN}"]
+        + ["--seeds", str(AA_SEEDS), "--threads", "1", "--out", str(root / "both")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    records = read_run(root / "both")
+    order = [r["backend"] for r in records]
+    assert order == ["pytorch", TWIN] * AA_SEEDS, order  # alternating, as the docstring says
+    mine = [r for r in records if r["backend"] == "pytorch"]
+    twin = [r for r in records if r["backend"] == TWIN]
+    for record in twin:
+        record["backend"] = "pytorch"
+        record["cell_id"] = record["cell_id"].replace(f"/{TWIN}/", "/pytorch/")
+    return write_run(root / "a", mine), write_run(root / "b", twin)
 
 
 @needs_torch
@@ -188,7 +213,7 @@ def test_two_real_runs_of_the_same_spec_are_not_a_regression(
     assert rc == 0, out + err
     result = json.loads((tmp_path / "aa.json").read_text())
     assert not result["regressed"] and result["exit_code"] == 0
-    assert len(result["cells"]) == 3
+    assert len(result["cells"]) == AA_SEEDS
     for cell in result["cells"]:
         # A shift seen in one process only is noise: same, or at worst uncertain.
         assert cell["verdict"] in (SAME, UNCERTAIN), out
@@ -267,9 +292,9 @@ def test_memory_and_accuracy_regressions_on_a_real_run(
     result = json.loads(out)
     assert rc == 1 and result["regressed"]
     (group,) = result["accuracy"]
-    assert group["regressed"] == ["distilled"] and group["seeds"] == [0, 1, 2]
+    assert group["regressed"] == ["distilled"] and group["seeds"] == list(range(AA_SEEDS))
     assert group["mean_delta_pts"]["distilled"] == pytest.approx(-2.0)
-    assert group["note"] == "mean over 3 seeds"
+    assert group["note"] == f"mean over {AA_SEEDS} seeds"
     rc, _, _ = run_compare(capsys, base, write_run(tmp_path / "acc05", less_accurate(records, 0.5)))
     assert rc == 0
 

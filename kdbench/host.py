@@ -51,6 +51,7 @@ def host_environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "python_implementation": sys.implementation.name,
+        "executable": sys.executable,
         # Other work on the machine skews timings (PyTorch's OpenMP threads
         # most of all): the 1, 5 and 15 minute load averages say how busy it was.
         "loadavg_start": list(os.getloadavg()),

@@ -20,12 +20,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from kdbench.backends.base import check_backend, installed_backends
+from kdbench.backends.base import backend_names, check_backend, installed_backends
 from kdbench.commands.common import console, err_console, warn
 from kdbench.commands.show import print_table
 from kdbench.errors import KdbenchError
 from kdbench.records.schema import Record
 from kdbench.runner.checks import check_seeds, check_timeout, train_sizes
+from kdbench.runner.environments import check_envs, check_rounds, parse_envs
 from kdbench.runner.execute import STOP, execute
 from kdbench.runner.folder import Run, create_run, default_out_dir, load_run, plan_run, repair
 from kdbench.runner.job import CellJob
@@ -54,6 +55,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--backend", help="comma-separated backends (default: every installed one)")
     p.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default: the spec's)")
     p.add_argument("--out", help="run folder (default: results/runs/<timestamp>)")
+    p.add_argument(
+        "--env",
+        action="append",
+        metavar="LABEL=PYTHON",
+        help="run every cell in this Python interpreter's environment too, under LABEL "
+        "(repeat for each: an A/B run; 'kdbench compare RUN --envs A B' compares them)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="run every cell this many times, the environments taking turns each round",
+    )
     add_setting_flags(p)
     p.add_argument("--data-dir", help="folder with the dataset files (mnist, cifar...)")
     p.add_argument(
@@ -64,7 +77,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _backends(value: str | None) -> list[str]:
+def _backends(value: str | None, elsewhere: bool = False) -> list[str]:
+    """The backends a run names (checked installed here), or every installed one.
+
+    elsewhere: the cells run in other environments (--env), which check_envs
+    asks; here only the names are checked."""
     if value is None:
         names = installed_backends()
         if not names:
@@ -75,6 +92,8 @@ def _backends(value: str | None) -> list[str]:
         return names
     names = [n.strip() for n in value.split(",") if n.strip()]
     for name in names:
+        if elsewhere and name in backend_names():
+            continue
         check_backend(name)
     return names
 
@@ -98,12 +117,15 @@ PLANNED = {
     "seeds": "--seeds",
     "out": "--out",
     "teacher_cache": "--teacher-cache",
+    "env": "--env",
+    "rounds": "--rounds",
     **{name: f"--{name}" for name in SETTING_NAMES},
 }
 
 
 def run(args: argparse.Namespace) -> int:
     check_seeds(args.seeds)
+    check_rounds(args.rounds)
     check_timeout(args.cell_timeout)
     _stop_on_signals()
     if args.resume:
@@ -113,12 +135,11 @@ def run(args: argparse.Namespace) -> int:
     if args.specs and args.matrix:
         raise KdbenchError("give specs or --matrix, not both")
     matrix = adhoc_matrix(args.specs) if args.specs else load_matrix(args.matrix or DEFAULT_MATRIX)
+    envs = parse_envs(args.env)
     if args.backend or not matrix.backends:
-        backends = _backends(args.backend)
+        backends = _backends(args.backend, elsewhere=bool(envs))
     else:
-        backends = matrix.backends
-        for name in backends:
-            check_backend(name)
+        backends = _backends(",".join(matrix.backends), elsewhere=bool(envs))
     plan = plan_run(
         matrix,
         backends,
@@ -128,7 +149,10 @@ def run(args: argparse.Namespace) -> int:
         args.cell_timeout,
         Path(args.teacher_cache) if args.teacher_cache else None,
         sys.argv,
+        envs,
+        args.rounds,
     )
+    check_envs(envs, backends)
     out = Path(args.out) if args.out else default_out_dir()
     with RunLock(out):
         created = create_run(plan, out)

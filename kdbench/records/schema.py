@@ -74,6 +74,7 @@ class Host(_Part):
     cpu_count: int | None = None
     python: str | None = None
     python_implementation: str | None = None
+    executable: str | None = None  # the interpreter that ran the cell (its environment)
     loadavg_start: list[float] | None = None
     loadavg_end: list[float] | None = None
     git_commit: str | None = None
@@ -174,6 +175,8 @@ class Record(_Part):
     backend: str
     seed: int
     label: str = ""  # the matrix's settings label ("" outside a matrix)
+    env: str = ""  # the labelled environment of an A/B run (--env LABEL=PYTHON), else ""
+    round: int | None = None  # the repetition, in a run with --rounds
     overrides: dict[str, Any] = {}
     settings: RecordSettings = RecordSettings()  # type: ignore[valid-type]
     host: Host = Host()

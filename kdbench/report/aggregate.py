@@ -115,14 +115,24 @@ def load(runs: Sequence[str | Path]) -> pd.DataFrame:
     frame = load_runs(seen, keep_step_times=True)
     if frame.empty:
         raise KdbenchError(f"no records in {', '.join(map(str, seen))}; nothing to report")
-    for col in ["device", "label", "framework", "framework_version", "error", *HARDWARE, *ROW]:
+    for col in [
+        "device",
+        "label",
+        "env",
+        "framework",
+        "framework_version",
+        "error",
+        *HARDWARE,
+        *ROW,
+    ]:
         if col not in frame:
             frame[col] = None
     frame["device"] = _infer_failed_devices(frame)
     settings = _settings_columns(frame)
-    for col in [*HARDWARE, *ROW, *settings, "label"]:
+    for col in [*HARDWARE, *ROW, *settings, "label", "env"]:
         frame[col] = frame[col].map(as_text)
     frame["label"] = frame["label"].replace("-", "")
+    frame["env"] = frame["env"].replace("-", "")
     frame["device"] = frame["device"].map(lambda d: " ".join(d.split()))
     # A cell recorded twice in one run (a re-run appended to the same file)
     # counts once, its last record winning; cells that differ in spec or
@@ -170,9 +180,12 @@ def _infer_failed_devices(frame: pd.DataFrame) -> pd.Series:
 
 
 def _row_label(frame: pd.DataFrame) -> pd.Series:
-    """The spec as shown: its name, the matrix label, and its hash when one
-    name stands for several spec contents in the same section."""
-    label = frame[column("spec.name")] + frame["label"].map(lambda x: f" [{x}]" if x else "")
+    """The spec as shown: its name, the matrix label, the environment of an A/B
+    run, and its hash when one name stands for several spec contents in the
+    same section."""
+    tags = frame["label"].str.cat(frame["env"].map(lambda e: f"env={e}" if e else ""), sep=",")
+    tags = tags.str.strip(",")
+    label = frame[column("spec.name")] + tags.map(lambda x: f" [{x}]" if x else "")
     hashes = frame.groupby(label)[column("spec.hash")].transform("nunique")
     return label + np.where(hashes > 1, " #" + frame[column("spec.hash")].str[:7], "")
 

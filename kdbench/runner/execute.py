@@ -113,7 +113,7 @@ def run_job(job: CellJob, run: Run, on_event: OnEvent) -> Record:
     with open(log_file, "w") as log:
         # A session of its own: Ctrl-C reaches only the runner, which stops the child.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kdbench.runner.worker", str(job_file)],
+            [job.python or sys.executable, "-m", "kdbench.runner.worker", str(job_file)],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
@@ -141,6 +141,8 @@ def run_job(job: CellJob, run: Run, on_event: OnEvent) -> Record:
     if record_file.is_file() and not timed_out:
         return read_record_file(record_file)
     record = base_record(job, load_spec(job.spec_path, job.overrides))
+    if job.python:  # made here, by the runner: name the interpreter the cell ran in
+        record.host.executable = job.python
     if timed_out:
         status = "timeout"
         error = f"the cell ran past its time limit of {timeout_s:g} s and was stopped"

@@ -104,13 +104,17 @@ def plan_run(
     cell_timeout_s: float | None,
     teacher_cache: Path | None,
     argv: list[str],
+    envs: dict[str, str] | None = None,
+    rounds: int | None = None,
 ) -> Plan:
     """Validate every cell and the data it needs; nothing is written.
 
     Settings are resolved once per cell: the spec's, then the matrix axis's,
-    then the command line's. Order: spec, settings, seed, then backend
-    innermost, so the frameworks take turns and slow drift of the machine
-    spreads over all of them.
+    then the command line's. Order: spec, settings, seed, round, environment,
+    then backend innermost, so the frameworks take turns and slow drift of the
+    machine spreads over all of them. The environments of an A/B run (envs:
+    label -> interpreter) take turns round by round, in the order A B, B A, A B
+    ... so that neither always runs first after the other.
     """
     expanded = matrix.expand()
     specs: dict[str, Path] = {}
@@ -132,7 +136,7 @@ def plan_run(
         measure = loaded.spec.measure
         settings = resolve_settings(measure.settings().as_dict(), combo.runtime, cli_settings)
         for seed in range(seeds or matrix.seeds or measure.seeds):
-            for backend in backends:
+            for round_, (env, python), backend in _turns(envs or {}, rounds, backends):
                 jobs.append(
                     CellJob(
                         spec_path=f"{SPECS_DIR}/{loaded.path.name}",
@@ -144,7 +148,10 @@ def plan_run(
                         data_dir=data,
                         overrides=combo.spec_overrides,
                         label=combo.label,
-                        teacher_cache=cache,
+                        teacher_cache=_cache_for(cache, env, round_),
+                        env=env,
+                        python=python,
+                        round=round_,
                     )
                 )
     ids = [job.cell_id for job in jobs]
@@ -158,8 +165,34 @@ def plan_run(
         "matrix": matrix.name,
         "backends": backends,
         "cell_timeout_s": timeout,
+        "envs": envs or {},
+        "rounds": rounds,
     }
     return Plan(jobs, specs, manifest, timeout)
+
+
+def _cache_for(cache: str, env: str, round_: int | None) -> str:
+    """Each environment and round trains and times its own teachers: a teacher
+    from another environment (another framework version) would be its numbers,
+    not this one's, and a cached teacher's phase is not timed again."""
+    parts = (
+        [cache]
+        + ([f"env={env}"] if env else [])
+        + ([f"round{round_}"] if round_ is not None else [])
+    )
+    return "/".join(parts)
+
+
+def _turns(
+    envs: dict[str, str], rounds: int | None, backends: list[str]
+) -> list[tuple[int | None, tuple[str, str], str]]:
+    """(round, (env label, interpreter), backend) in the order the cells run."""
+    order = list(envs.items()) or [("", "")]
+    out = []
+    for round_ in range(rounds or 1):
+        turn = order if round_ % 2 == 0 else order[::-1]
+        out += [(None if rounds is None else round_, env, b) for env in turn for b in backends]
+    return out
 
 
 def create_run(plan: Plan, out_dir: Path) -> Run:

@@ -27,12 +27,18 @@ class CellJob:
     label: str = ""
     teacher_cache: str | None = None
     attempt_id: str = ""  # set for each try of the cell
+    env: str = ""  # the labelled environment (--env LABEL=PYTHON) the cell runs in
+    python: str = ""  # that environment's interpreter ("": the runner's own)
+    round: int | None = None  # with --rounds: which repetition of the cell this is
 
     @property
     def cell_id(self) -> str:
         """Unique within a run: what --resume matches finished cells by."""
-        base = f"{Path(self.spec_path).stem}/{self.backend}/seed{self.seed}"
-        return f"{base}/{self.label}" if self.label else base
+        parts = [Path(self.spec_path).stem, self.backend, f"seed{self.seed}"]
+        parts += [self.label] if self.label else []
+        parts += [f"env={self.env}"] if self.env else []
+        parts += [f"round{self.round}"] if self.round is not None else []
+        return "/".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "settings": self.settings.as_dict()}

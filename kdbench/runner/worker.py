@@ -43,6 +43,8 @@ def base_record(job: CellJob, loaded: LoadedSpec) -> Record:
         backend=job.backend,
         seed=job.seed,
         label=job.label,
+        env=job.env,
+        round=job.round,
         overrides=job.overrides,
         settings={
             **job.settings.as_dict(),

@@ -999,10 +999,14 @@ def test_provenance_names_commits_and_frameworks() -> None:
     assert provenance([bare]) == "commit ?; ?"
 
 
-def test_cells_are_named_by_spec_label_backend_and_seed() -> None:
-    assert cell_key(Record.model_validate(noisy_record(3))) == ("noisy", "", "pytorch", 3)
+def test_cells_are_named_by_spec_label_backend_seed_and_round() -> None:
+    assert cell_key(Record.model_validate(noisy_record(3))) == ("noisy", "", "pytorch", 3, 0)
     labelled = Record.model_validate({**noisy_record(3), "label": "bs64"})
-    assert cell_key(labelled) == ("noisy", "bs64", "pytorch", 3)
+    assert cell_key(labelled) == ("noisy", "bs64", "pytorch", 3, 0)
+    # The environment of an A/B run is not in the key: two environments are
+    # two sides (compare --envs), their cells paired round by round.
+    ab = Record.model_validate({**noisy_record(3), "env": "b", "round": 2})
+    assert cell_key(ab) == ("noisy", "", "pytorch", 3, 2)
 
 
 def _rec(seed: int = 0, factor: float = 1.0, **fields: Any) -> dict[str, Any]:

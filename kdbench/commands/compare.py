@@ -1,4 +1,4 @@
-"""``kdbench compare BASELINE CANDIDATE``: exit 1 when the candidate regressed.
+"""``kdbench compare BASELINE CANDIDATE`` (or ``RUN --envs A B``): exit 1 when the candidate regressed.
 
 The rules are in kdbench.compare; this module reads the two runs, renders
 the verdicts and sets the exit status (1: a regression, a lost cell included;
@@ -20,6 +20,7 @@ from kdbench.compare.model import Thresholds
 from kdbench.compare.render import render, to_json
 from kdbench.compare.verdicts import compare_records, load_side, provenance
 from kdbench.errors import KdbenchError
+from kdbench.records.schema import Record
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -29,7 +30,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         description="Compare two runs cell by cell; exit 1 if the candidate regressed.",
     )
     p.add_argument("baseline", help="baseline run folder or results.jsonl")
-    p.add_argument("candidate", help="candidate run folder or results.jsonl")
+    p.add_argument(
+        "candidate",
+        nargs="?",
+        help="candidate run folder or results.jsonl (none with --envs: one A/B run)",
+    )
+    p.add_argument(
+        "--envs",
+        nargs=2,
+        metavar=("BASE", "CAND"),
+        help="compare two labelled environments of one A/B run (kdbench run --env), "
+        "pairing their cells seed by seed and round by round",
+    )
     d = Thresholds()
     p.add_argument(
         "--time-threshold",
@@ -65,6 +77,32 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def env_records(records: list[Record], label: str, path: str) -> list[Record]:
+    """The records of one environment of an A/B run."""
+    found = [r for r in records if r.env == label]
+    if not found:
+        there = sorted({r.env for r in records if r.env})
+        raise KdbenchError(
+            f"{path}: no records of environment {label!r}; "
+            + (
+                f"it has: {', '.join(there)}"
+                if there
+                else "it is not an A/B run (kdbench run --env)"
+            )
+        )
+    return found
+
+
+def one_env(records: list[Record], path: str) -> None:
+    """Two runs compare cell by cell; an A/B run holds each cell once per environment."""
+    envs = sorted({r.env for r in records if r.env})
+    if len(envs) > 1:
+        raise KdbenchError(
+            f"{path} is an A/B run of environments {', '.join(envs)}: compare them with "
+            f"kdbench compare {path} --envs {envs[0]} {envs[1]}"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     th = Thresholds(args.time_threshold, args.memory_threshold, args.accuracy_threshold, args.alpha)
     for name in ("time", "memory", "accuracy"):
@@ -72,9 +110,22 @@ def run(args: argparse.Namespace) -> int:
             raise KdbenchError(f"--{name}-threshold must be 0 or more (got {getattr(th, name)})")
     if not 0 < th.alpha < 1:
         raise KdbenchError(f"--alpha must be between 0 and 1 (got {th.alpha})")
-    base, base_warnings = load_side(args.baseline)
-    cand, cand_warnings = load_side(args.candidate)
-    cmp = compare_records(base, cand, th, args.force, (args.baseline, args.candidate))
+    if args.envs:
+        if args.candidate:
+            raise KdbenchError("--envs compares two environments of one run: give one run")
+        records, base_warnings = load_side(args.baseline)
+        base, cand = (env_records(records, label, args.baseline) for label in args.envs)
+        cand_warnings: list[str] = []
+        names = tuple(f"{args.baseline} env {label}" for label in args.envs)
+    else:
+        if not args.candidate:
+            raise KdbenchError("give a baseline and a candidate run, or one A/B run with --envs")
+        base, base_warnings = load_side(args.baseline)
+        cand, cand_warnings = load_side(args.candidate)
+        for path, records in ((args.baseline, base), (args.candidate, cand)):
+            one_env(records, path)
+        names = (args.baseline, args.candidate)
+    cmp = compare_records(base, cand, th, args.force, names)
     cmp.warnings = base_warnings + cand_warnings
     cmp.provenance = (provenance(base), provenance(cand))
 

@@ -37,6 +37,11 @@ How a verdict is reached, and why:
   of its own, so a change must be reproduced: when several seeds are matched, a
   phase is slower (faster) only if it is slower (faster) in every seed, else it
   is uncertain. With one seed no such check exists, and the output says so.
+* An A/B run (``kdbench run --env A=.. --env B=.. --rounds N``) holds both
+  sides in one run, the environments taking turns round by round, so that the
+  machine's drift meets both; ``compare RUN --envs A B`` pairs the cells seed
+  by seed and round by round. Each round is a process on either side, so the
+  rule above applies to every (seed, round) pair.
 * A phase with a median and no raw samples (the ``eval`` phase of older
   records) is judged on the threshold alone: it can never be significant, so
   it never fails a compare.

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-CellKey = tuple[str, str, str, int]  # spec name, matrix label, backend, seed
-GroupKey = tuple[str, str, str]  # the cell key without the seed
+# spec name, matrix label, backend, seed, round (0 outside a run with --rounds)
+CellKey = tuple[str, str, str, int, int]
+GroupKey = tuple[str, str, str]  # the cell key without seed and round
 
 TRAINING_PHASES = ("teacher", "distill")  # scratch trains the same student: not judged
 ACCURACIES = {"teacher": "teacher_acc", "scratch": "scratch_acc", "distilled": "distilled_acc"}
@@ -94,6 +95,7 @@ class AccuracyGroup:
 
     key: GroupKey
     seeds: list[int]
+    pairs: int  # matched cells: seeds x rounds, each a process on either side
     mean_delta_pts: dict[str, float]
     spread_pts: dict[str, float]  # standard deviation of the per-seed differences
     regressed: list[str]
@@ -136,8 +138,8 @@ class Comparison:
 
     @property
     def single_seed(self) -> list[str]:
-        """Groups that rest on one seed: no check across processes."""
-        return [_group_name(g.key) for g in self.accuracy if len(g.seeds) == 1]
+        """Groups that rest on one process a side: no check across processes."""
+        return [_group_name(g.key) for g in self.accuracy if g.pairs == 1]
 
     @property
     def regressed(self) -> bool:

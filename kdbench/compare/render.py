@@ -36,6 +36,7 @@ def to_json(cmp: Comparison) -> dict[str, Any]:
                 "label": c.key[1],
                 "backend": c.key[2],
                 "seed": c.key[3],
+                "round": c.key[4],
                 "verdict": c.verdict,
                 "regressions": c.regressions,
                 "reason": c.reason or None,
@@ -53,6 +54,7 @@ def to_json(cmp: Comparison) -> dict[str, Any]:
             "label": g.key[1],
             "backend": g.key[2],
             "seeds": g.seeds,
+            "pairs": g.pairs,
             "mean_delta_pts": g.mean_delta_pts,
             "spread_pts": g.spread_pts,
             "regressed": g.regressed,
@@ -135,13 +137,12 @@ def render(cmp: Comparison, console: Console) -> None:
 
     if cmp.accuracy:
         acc_table = Table(title="accuracy over matched seeds (points, candidate - baseline)")
-        for column in ("spec/label/backend", "seeds", *ACCURACIES, "verdict", "note"):
+        for column in ("spec/label/backend", "pairs", *ACCURACIES, "verdict", "note"):
             acc_table.add_column(column)
         for g in cmp.accuracy:
             name = _group_name(g.key)
             deltas = [
-                f"{g.mean_delta_pts[n]:+.2f}"
-                + (f" ±{g.spread_pts[n]:.2f}" if len(g.seeds) > 1 else "")
+                f"{g.mean_delta_pts[n]:+.2f}" + (f" ±{g.spread_pts[n]:.2f}" if g.pairs > 1 else "")
                 if n in g.mean_delta_pts
                 else "-"
                 for n in ACCURACIES
@@ -149,7 +150,7 @@ def render(cmp: Comparison, console: Console) -> None:
             verdict = (
                 f"[bold red]lower: {', '.join(g.regressed)}[/]" if g.regressed else "[green]ok[/]"
             )
-            acc_table.add_row(name, str(len(g.seeds)), *deltas, verdict, g.note)
+            acc_table.add_row(name, str(g.pairs), *deltas, verdict, g.note)
         console.print(acc_table)
 
     for line in cmp.refused:
@@ -159,7 +160,7 @@ def render(cmp: Comparison, console: Console) -> None:
     rules = (
         f"rules: a phase is slower/faster only beyond ±{th.time:.0%} AND significant "
         f"(Mann-Whitney p < {th.alpha:g} on medians of {BLOCK_STEPS}-step blocks) in every "
-        f"matched seed; [brackets]: {1 - th.alpha:.0%} block-bootstrap CI of the change;",
+        f"matched seed (and round); [brackets]: {1 - th.alpha:.0%} block-bootstrap CI of the change;",
         f"eval phases without raw samples (medians) never fail; memory beyond +{th.memory:.0%} and a "
         f"mean accuracy drop beyond {th.accuracy:g} points are judged on the threshold alone.",
     )
@@ -168,7 +169,8 @@ def render(cmp: Comparison, console: Console) -> None:
     if cmp.single_seed:
         console.print(
             f"1 seed only: {', '.join(cmp.single_seed)}: a timing change there is not checked "
-            "across processes, and accuracy is one number, not a mean over seeds.",
+            "across processes, and accuracy is one number, not a mean over seeds "
+            "(more seeds, or an A/B run with --rounds, give that check).",
             markup=False,
             highlight=False,
         )

@@ -78,7 +78,12 @@ def provenance(records: Iterable[Record]) -> str:
 
 
 def cell_key(record: Record) -> CellKey:
-    return (record.spec.name, record.label or "", record.backend, record.seed)
+    return (record.spec.name, record.label or "", record.backend, record.seed, record.round or 0)
+
+
+def replicate(key: CellKey, rounds: bool) -> str:
+    """How a note names one process of a group: its seed, and its round if any."""
+    return f"seed {key[3]}" + (f" round {key[4]}" if rounds else "")
 
 
 def index(records: Iterable[Record]) -> dict[CellKey, Record]:
@@ -223,7 +228,8 @@ def compare_cell(
 
 
 def require_every_seed(cells: list[CellComparison]) -> None:
-    """A step-time change counts only when every matched seed (process) shows it."""
+    """A step-time change counts only when every matched seed and round (each
+    a process) shows it."""
     groups: dict[GroupKey, list[CellComparison]] = defaultdict(list)
     for cell in cells:
         if cell.compared:
@@ -231,18 +237,22 @@ def require_every_seed(cells: list[CellComparison]) -> None:
     for group in groups.values():
         if len(group) < 2:
             continue
+        rounds = any(c.key[4] for c in group)
         for phase in sorted({p for c in group for p in c.times}):
             # A seed without a measurement (teacher from the cache) cannot contradict.
-            checks = {c.key[3]: c.times[phase] for c in group if phase in c.times}
-            seen = {s: t.seed_verdict for s, t in checks.items() if t.verdict != NOT_COMPARABLE}
+            checks = {c.key: c.times[phase] for c in group if phase in c.times}
+            seen = {k: t.seed_verdict for k, t in checks.items() if t.verdict != NOT_COMPARABLE}
             for check in checks.values():
                 if check.verdict not in (SLOWER, FASTER):
                     continue
-                others = {s: v for s, v in seen.items() if v != check.verdict}
+                others = {k: v for k, v in seen.items() if v != check.verdict}
                 if others:
                     check.verdict = UNCERTAIN
-                    listed = ", ".join(f"seed {s} {v}" for s, v in sorted(others.items()))
-                    check.note = f"{phase} {check.seed_verdict} here, not in every seed ({listed})"
+                    listed = ", ".join(
+                        f"{replicate(k, rounds)} {v}" for k, v in sorted(others.items())
+                    )
+                    every = "every seed and round" if rounds else "every seed"
+                    check.note = f"{phase} {check.seed_verdict} here, not in {every} ({listed})"
 
 
 def settle_verdict(cell: CellComparison) -> None:
@@ -277,13 +287,16 @@ def accuracy_groups(cells: list[CellComparison], th: Thresholds) -> list[Accurac
             spreads[name] = float(np.std(deltas, ddof=1)) if len(deltas) > 1 else 0.0
             if means[name] < -th.accuracy:
                 regressed.append(name)
-        seeds = sorted(c.key[3] for c in group)
-        note = (
-            "1 seed: threshold only, no averaging over seeds"
-            if len(seeds) == 1
-            else f"mean over {len(seeds)} seeds"
-        )
-        out.append(AccuracyGroup(key, seeds, means, spreads, regressed, note))
+        seeds = sorted({c.key[3] for c in group})
+        rounds = len({c.key[4] for c in group})
+        if len(group) == 1:
+            note = "1 seed: threshold only, no averaging over seeds"
+        elif rounds > 1:
+            seeds_text = f"{len(seeds)} seed" + ("s" if len(seeds) > 1 else "")
+            note = f"mean over {len(group)} pairs ({seeds_text} x {rounds} rounds)"
+        else:
+            note = f"mean over {len(seeds)} seeds"
+        out.append(AccuracyGroup(key, seeds, len(group), means, spreads, regressed, note))
     return out
 
 

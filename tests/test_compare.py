@@ -333,6 +333,29 @@ def test_a_slowdown_in_one_seed_only_is_uncertain() -> None:
     assert compare_records(base[:1], cand[:1]).exit_code == 1
 
 
+def test_rounds_of_an_ab_run_are_paired_and_each_must_show_the_change() -> None:
+    def side(env: str, scales: list[float]) -> Records:
+        return [
+            synthetic(0, scale, env=env, round=r, cell_id=f"syn/pytorch/seed0/env={env}/round{r}")
+            for r, scale in enumerate(scales)
+        ]
+
+    base = side("a", [1.0, 1.0, 1.0])
+    cmp = compare_records(base, side("b", [1.3, 1.3, 1.3]))
+    assert [c.key[4] for c in cmp.cells] == [0, 1, 2]
+    assert {c.verdict for c in cmp.cells} == {SLOWER} and cmp.exit_code == 1
+    assert cmp.single_seed == []  # three processes a side: checked across them
+    (group,) = cmp.accuracy
+    assert group.pairs == 3 and group.seeds == [0]
+    assert group.note == "mean over 3 pairs (1 seed x 3 rounds)"
+
+    cmp = compare_records(base, side("b", [1.3, 1.0, 1.3]))
+    round0 = cmp.cells[0].times["teacher"]
+    assert round0.seed_verdict == SLOWER and round0.verdict == UNCERTAIN
+    assert round0.note == "teacher slower here, not in every seed and round (seed 0 round 1 same)"
+    assert cmp.exit_code == 0
+
+
 def test_eval_has_medians_only_and_never_fails() -> None:
     cand = synthetic(0)
     cand["phases"]["eval"]["batch_time_median_s"] = 5e-4  # 5x slower

@@ -1,0 +1,119 @@
+"""Interleaved A/B regression checks, repeated: how often does compare get it right?
+
+Each repetition makes three A/B runs of the quick matrix (1 seed, 3 rounds):
+A/A (the same environment under two labels), a candidate whose every training
+step is 20% slower, and one 3% slower (tests/slow_env: the same interpreter,
+its steps stretched by a busy-wait). Each is judged by
+``kdbench compare RUN --envs a b``; the three take turns inside a repetition so
+that drift of the machine spreads over all of them. Prints every outcome, then
+per condition how often compare flagged a regression (exit 1).
+
+    python benchmarks/ab_check.py --repeats 10 --backend pytorch --out /tmp/ab
+
+Goals (issue 12): A/A never flagged, +20% flagged every time, +3% never.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from ab_envs import env_flags, interpreter  # noqa: E402
+
+CONDITIONS = {"A/A": 1.0, "+20%": 1.2, "+3%": 1.03}
+WANTED = {"A/A": False, "+20%": True, "+3%": False}  # flagged?
+
+
+def ab_run(folder: Path, slowdown: float, args: argparse.Namespace) -> dict:
+    envs = (("a", interpreter(folder / "envs", "a")),)
+    envs += (("b", interpreter(folder / "envs", "b", slowdown)),)
+    run = [sys.executable, "-m", "kdbench", "run", "--matrix", args.matrix]
+    run += ["--backend", args.backend, "--rounds", str(args.rounds), "--seeds", "1"]
+    run += ["--threads", str(args.threads)]
+    run += ["--out", str(folder / "run"), *env_flags(*envs)]
+    started = time.perf_counter()
+    done = subprocess.run(run, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"kdbench run failed in {folder}:\n{done.stderr[-2000:]}")
+    compare = [sys.executable, "-m", "kdbench", "compare", str(folder / "run")]
+    compare += ["--envs", "a", "b", "--json", "-"]
+    judged = subprocess.run(compare, capture_output=True, text=True)
+    result = json.loads(judged.stdout)
+    ratios = {}
+    for phase in ("teacher", "distill"):
+        values = [c["time"][phase]["ratio"] for c in result["cells"] if phase in c["time"]]
+        ratios[phase] = sorted(v for v in values if v is not None)
+    return {
+        "exit": judged.returncode,
+        "verdicts": sorted({c["verdict"] for c in result["cells"]}),
+        "ratios": ratios,
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--backend", default="pytorch")
+    parser.add_argument("--matrix", default="quick")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads (default 1: on a shared "
+        "machine PyTorch's OpenMP threads wait for busy cores, which no A/B can pair away)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="an empty folder for the runs")
+    parser.add_argument("--json", type=Path, help="write every outcome here")
+    args = parser.parse_args()
+    console = Console()
+    outcomes = []
+    title = f"A/B checks: {args.matrix} matrix, {args.backend}, {args.rounds} rounds"
+    table = Table(title=f"{title}, {args.threads} thread(s)")
+    for col in ("repeat", "condition", "exit", "verdicts", "teacher ratios", "distill ratios"):
+        table.add_column(col)
+    for repeat in range(args.repeats):
+        for condition, slowdown in CONDITIONS.items():
+            folder = args.out / f"r{repeat}-{condition.strip('+%').replace('/', '')}"
+            outcome = {"repeat": repeat, "condition": condition, **ab_run(folder, slowdown, args)}
+            outcomes.append(outcome)
+            ratios = {p: " ".join(f"{r:.2f}" for r in v) for p, v in outcome["ratios"].items()}
+            console.print(
+                f"repeat {repeat} {condition}: exit {outcome['exit']}, "
+                f"{'/'.join(outcome['verdicts'])}, teacher {ratios['teacher']}, "
+                f"distill {ratios['distill']} ({outcome['wall_s']:.0f} s)",
+                highlight=False,
+            )
+            table.add_row(
+                str(repeat),
+                condition,
+                str(outcome["exit"]),
+                "/".join(outcome["verdicts"]),
+                ratios["teacher"],
+                ratios["distill"],
+            )
+    console.print(table)
+    for condition in CONDITIONS:
+        rows = [o for o in outcomes if o["condition"] == condition]
+        flagged = sum(o["exit"] == 1 for o in rows)
+        goal = "every time" if WANTED[condition] else "never"
+        met = flagged == (len(rows) if WANTED[condition] else 0)
+        console.print(
+            f"{condition}: flagged {flagged}/{len(rows)} (goal: {goal}) {'met' if met else 'MISSED'}",
+            highlight=False,
+        )
+    if args.json:
+        args.json.write_text(json.dumps(outcomes, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Interpreters for A/B runs in tests: this Python, as is or made slower.
+
+Each is a small shell script that sets its environment and execs the test's
+own interpreter, so an A/B run needs no second virtual environment. A slowed
+one puts tests/slow_env first on PYTHONPATH (its sitecustomize stretches every
+timed step by the factor).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+SLOW_ENV = TESTS / "slow_env"
+
+
+def interpreter(folder: Path, name: str, slowdown: float = 1.0) -> str:
+    """An executable that runs this Python; slowdown > 1 makes its steps that much slower."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    lines = ["#!/bin/sh"]
+    if slowdown != 1.0:
+        lines += [
+            f"export KDBENCH_SLOWDOWN={slowdown!r}",
+            f'export PYTHONPATH={shlex.quote(str(SLOW_ENV))}"${{PYTHONPATH:+:$PYTHONPATH}}"',
+        ]
+    lines.append(f'exec {shlex.quote(sys.executable)} "$@"')
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def env_flags(*envs: tuple[str, str]) -> list[str]:
+    """--env LABEL=PYTHON for each (label, interpreter)."""
+    return [flag for label, python in envs for flag in ("--env", f"{label}={python}")]

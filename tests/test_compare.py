@@ -1,8 +1,8 @@
 """`kdbench compare`: real runs for the proof, synthetic records for the rules.
 
-The proof uses real, noisy data from this machine: two runs of the same
-spec whose cells alternate in time (so that a change of machine load hits
-both) must not be called a regression, and a copy of one run with every step 20% slower must
+The proof uses real, noisy data from this machine: an A/A run (the same spec
+in two environments of one interpreter, their cells alternating in time so
+that a change of machine load hits both) must not be called a regression, and a copy of one run with every step 20% slower must
 be, while 2% slower must not.
 """
 
@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from ab_envs import env_flags, interpreter
 from conftest import tiny_spec
 
-from kdbench.backends.base import PLUGINS_ENV, is_installed
+from kdbench.backends.base import is_installed
 from kdbench.compare import (
     FASTER,
     NOT_COMPARABLE,
@@ -149,10 +150,6 @@ def synthetic(seed: int, scale: float = 1.0, steps: int = 300, **fields: Any) ->
 # --- the proof on real runs ----------------------------------------------------------
 
 
-# The same PyTorch backend under a second name (tests/twin_backend.py): one run
-# of both alternates their cells, since backend is the runner's innermost loop.
-TWIN = "pytorch_twin"
-TESTS = Path(__file__).resolve().parent
 # Five seeds: a phase is called slower or faster only if it is so in every
 # seed, and each seed is a process with a speed of its own (eval batches of
 # one process came out 2x slower than the others' on a quiet machine). With
@@ -161,54 +158,56 @@ TESTS = Path(__file__).resolve().parent
 AA_SEEDS = 5
 
 
-@pytest.fixture(scope="module")
-def real_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two real runs of the same spec whose cells alternate in time (a0 b0 a1 b1
-    ...), so that a change of machine load hits both sides alike.
+@dataclass(frozen=True)
+class RealRuns:
+    ab: Path  # the A/B run: environments a and b, the same interpreter
+    a: Path  # its environment a as a plain run (for copies made slower)
 
-    Made as one run of PyTorch and its twin, split by backend. Not two runs
-    side by side: those go in lockstep, one a little behind, and a short phase
-    near a cell's end (the eval batches) then always meets the other run in the
-    same state; in a CI run b's eval batches came out 30% faster in every seed.
-    Not pinned to a CPU each either: a pinned run keeps its CPU's other load for
-    its whole length, and all of its seeds come out slower (or faster) together.
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory: pytest.TempPathFactory) -> RealRuns:
+    """An A/A run: the same spec in two environments (this interpreter under two
+    labels) whose cells alternate in time (a0 b0 a1 b1 ...), so that a change of
+    machine load hits both sides alike.
+
+    Not two runs side by side: those go in lockstep, one a little behind, and a
+    short phase near a cell's end (the eval batches) then always meets the other
+    run in the same state; in a CI run b's eval batches came out 30% faster in
+    every seed. Not pinned to a CPU each either: a pinned run keeps its CPU's
+    other load for its whole length, and all of its seeds come out slower (or
+    faster) together.
     """
     if not is_installed("pytorch"):
         pytest.skip("torch is not installed")
     root = tmp_path_factory.mktemp("compare")
     spec = root / "steps.toml"
     spec.write_text(STEPS_SPEC)
-    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, PLUGINS_ENV: f"{TWIN}=twin_backend:PyTorchTwin", "PYTHONPATH": path}
+    envs = env_flags(*((e, interpreter(root / "envs", e)) for e in ("a", "b")))
     done = subprocess.run(
-        [sys.executable, "-m", "kdbench", "run", str(spec), "--backend", f"pytorch,{TWIN}"]
-        + ["--seeds", str(AA_SEEDS), "--threads", "1", "--out", str(root / "both")],
+        [sys.executable, "-m", "kdbench", "run", str(spec), "--backend", "pytorch", *envs]
+        + ["--seeds", str(AA_SEEDS), "--threads", "1", "--out", str(root / "ab")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    records = read_run(root / "both")
-    order = [r["backend"] for r in records]
-    assert order == ["pytorch", TWIN] * AA_SEEDS, order  # alternating, as the docstring says
-    mine = [r for r in records if r["backend"] == "pytorch"]
-    twin = [r for r in records if r["backend"] == TWIN]
-    for record in twin:
-        record["backend"] = "pytorch"
-        record["cell_id"] = record["cell_id"].replace(f"/{TWIN}/", "/pytorch/")
-    return write_run(root / "a", mine), write_run(root / "b", twin)
+    records = read_run(root / "ab")
+    assert [r["env"] for r in records] == ["a", "b"] * AA_SEEDS  # alternating
+    mine = [{**r, "env": "", "cell_id": r["cell_id"].replace("/env=a", "")} for r in records
+            if r["env"] == "a"]  # fmt: skip
+    return RealRuns(root / "ab", write_run(root / "a", mine))
 
 
 @needs_torch
 @pytest.mark.torch
 @pytest.mark.slow
-def test_two_real_runs_of_the_same_spec_are_not_a_regression(
-    real_runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+def test_the_same_code_in_two_environments_of_an_ab_run_is_not_a_regression(
+    real_runs: RealRuns, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    a, b = real_runs
-    rc, out, err = run_compare(capsys, a, b, "--json", tmp_path / "aa.json")
+    rc, out, err = run_compare(
+        capsys, real_runs.ab, "--envs", "a", "b", "--json", tmp_path / "aa.json"
+    )
     print(out)  # the A/A table, for the record (pytest -s)
     assert rc == 0, out + err
     result = json.loads((tmp_path / "aa.json").read_text())
@@ -226,9 +225,9 @@ def test_two_real_runs_of_the_same_spec_are_not_a_regression(
 @pytest.mark.torch
 @pytest.mark.slow
 def test_a_copy_made_20_percent_slower_is_flagged_and_2_percent_is_not(
-    real_runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+    real_runs: RealRuns, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    base = real_runs[0]
+    base = real_runs.a
     records = read_run(base)
 
     by_cell = {r["cell_id"]: r for r in records}
@@ -276,9 +275,9 @@ def test_a_copy_made_20_percent_slower_is_flagged_and_2_percent_is_not(
 @pytest.mark.torch
 @pytest.mark.slow
 def test_memory_and_accuracy_regressions_on_a_real_run(
-    real_runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+    real_runs: RealRuns, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    base = real_runs[0]
+    base = real_runs.a
     records = read_run(base)
 
     rc, out, _ = run_compare(capsys, base, write_run(tmp_path / "m15", more_memory(records, 1.15)))

@@ -9,8 +9,8 @@ from kdbench.records.schema import column
 
 # Rows group by content, not by name: the spec's content hash, the matrix's
 # settings label (e.g. "student.epochs=5"), the environment of an A/B run,
-# the device and every runtime setting. Two contents under one spec name are two rows, the name marked
-# with the hash ("mnist5k #cb83a1f").
+# the device and every runtime setting. Two contents under one spec name are
+# two rows, the name marked with the hash ("mnist5k #cb83a1f").
 GROUP = [
     "spec.name",
     "spec.hash",

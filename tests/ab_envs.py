@@ -3,7 +3,7 @@
 Each is a small shell script that sets its environment and execs the test's
 own interpreter, so an A/B run needs no second virtual environment. A slowed
 one puts tests/slow_env first on PYTHONPATH (its sitecustomize stretches every
-timed step by the factor).
+training step by the factor).
 """
 
 from __future__ import annotations
@@ -16,20 +16,23 @@ TESTS = Path(__file__).resolve().parent
 SLOW_ENV = TESTS / "slow_env"
 
 
+def script(path: Path, *lines: str) -> str:
+    """An executable shell script of these lines, in a folder made if need be."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(["#!/bin/sh", *lines]) + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
 def interpreter(folder: Path, name: str, slowdown: float = 1.0) -> str:
     """An executable that runs this Python; slowdown > 1 makes its steps that much slower."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    lines = ["#!/bin/sh"]
+    lines = []
     if slowdown != 1.0:
         lines += [
             f"export KDBENCH_SLOWDOWN={slowdown!r}",
             f'export PYTHONPATH={shlex.quote(str(SLOW_ENV))}"${{PYTHONPATH:+:$PYTHONPATH}}"',
         ]
-    lines.append(f'exec {shlex.quote(sys.executable)} "$@"')
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o755)
-    return str(path)
+    return script(folder / name, *lines, f'exec {shlex.quote(sys.executable)} "$@"')
 
 
 def env_flags(*envs: tuple[str, str]) -> list[str]:

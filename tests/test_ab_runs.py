@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ab_envs import env_flags, interpreter
+from ab_envs import env_flags, interpreter, script
 from test_run_store import kdbench, lines, one_line_error, write_spec
 
 pytestmark = pytest.mark.slow
@@ -96,15 +96,14 @@ def test_an_environment_20_percent_slower_is_flagged_and_3_percent_is_not(tmp_pa
 def test_bad_environments_and_comparisons_are_one_line_errors(tmp_path: Path) -> None:
     spec = write_spec(tmp_path)
     good = interpreter(tmp_path / "envs", "good")
-    no_kdbench = tmp_path / "envs" / "bare"
-    no_kdbench.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'kdbench'\" >&2\nexit 1\n")  # fmt: skip
-    no_kdbench.chmod(0o755)
-    old = tmp_path / "envs" / "old"  # answers as a kdbench without A/B job fields would
-    old.write_text('#!/bin/sh\necho \'{"backends": ["stub"], "ab": false}\'\n')
-    old.chmod(0o755)
-    no_stub = tmp_path / "envs" / "no-stub"
-    no_stub.write_text(f'#!/bin/sh\nunset KDBENCH_BACKENDS\nexec "{good}" "$@"\n')
-    no_stub.chmod(0o755)
+    no_kdbench = script(
+        tmp_path / "envs" / "bare",
+        "echo \"ModuleNotFoundError: No module named 'kdbench'\" >&2",
+        "exit 1",
+    )
+    # answers as a kdbench without the A/B job fields would
+    old = script(tmp_path / "envs" / "old", 'echo \'{"backends": ["stub"], "ab": false}\'')
+    no_stub = script(tmp_path / "envs" / "no-stub", "unset KDBENCH_BACKENDS", f'exec "{good}" "$@"')
 
     def error(*flags: str) -> str:
         out = tmp_path / "never"

@@ -2,8 +2,9 @@
 
 The proof uses real, noisy data from this machine: an A/A run (the same spec
 in two environments of one interpreter, their cells alternating in time so
-that a change of machine load hits both) must not be called a regression, and a copy of one run with every step 20% slower must
-be, while 2% slower must not.
+that a change of machine load hits both) must not be called a regression,
+and a copy of one run with every step 20% slower must be, while 2% slower
+must not.
 """
 
 from __future__ import annotations

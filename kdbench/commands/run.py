@@ -77,12 +77,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _backends(value: str | None, elsewhere: bool = False) -> list[str]:
+def _names(value: str) -> list[str]:
+    """--backend's comma-separated names."""
+    return [n.strip() for n in value.split(",") if n.strip()]
+
+
+def _backends(names: list[str] | None, elsewhere: bool = False) -> list[str]:
     """The backends a run names (checked installed here), or every installed one.
 
     elsewhere: the cells run in other environments (--env), which check_envs
     asks; here only the names are checked."""
-    if value is None:
+    if names is None:
         names = installed_backends()
         if not names:
             raise KdbenchError(
@@ -90,7 +95,6 @@ def _backends(value: str | None, elsewhere: bool = False) -> list[str]:
                 "(or [tensorflow], [jax], [all])"
             )
         return names
-    names = [n.strip() for n in value.split(",") if n.strip()]
     for name in names:
         if elsewhere and name in backend_names():
             continue
@@ -136,10 +140,8 @@ def run(args: argparse.Namespace) -> int:
         raise KdbenchError("give specs or --matrix, not both")
     matrix = adhoc_matrix(args.specs) if args.specs else load_matrix(args.matrix or DEFAULT_MATRIX)
     envs = parse_envs(args.env)
-    if args.backend or not matrix.backends:
-        backends = _backends(args.backend, elsewhere=bool(envs))
-    else:
-        backends = _backends(",".join(matrix.backends), elsewhere=bool(envs))
+    named = _names(args.backend) if args.backend else matrix.backends or None
+    backends = _backends(named, elsewhere=bool(envs))
     plan = plan_run(
         matrix,
         backends,
@@ -177,7 +179,7 @@ def _resume(args: argparse.Namespace) -> int:
             warn(note)
         jobs = resumed.pending(args.retry_failed)
         if args.backend:
-            names = _backends(args.backend)
+            names = _backends(_names(args.backend))
             jobs = [job for job in jobs if job.backend in names]
         if args.cell_timeout is not None:
             resumed.cell_timeout_s = args.cell_timeout

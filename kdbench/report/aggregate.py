@@ -50,6 +50,7 @@ NOT_FAIRNESS = {column("settings.compile_mode"), column("settings.device")}
 UNKNOWN_DEVICE = "unknown device"
 # The row key inside a section.
 ROW = [column("spec.name"), "label", column("spec.hash"), "backend"]
+TAGS = ["label", "env"]  # the matrix label, the A/B run's environment: "" when none
 
 
 @dataclass
@@ -115,24 +116,15 @@ def load(runs: Sequence[str | Path]) -> pd.DataFrame:
     frame = load_runs(seen, keep_step_times=True)
     if frame.empty:
         raise KdbenchError(f"no records in {', '.join(map(str, seen))}; nothing to report")
-    for col in [
-        "device",
-        "label",
-        "env",
-        "framework",
-        "framework_version",
-        "error",
-        *HARDWARE,
-        *ROW,
-    ]:
+    for col in ["device", *TAGS, "framework", "framework_version", "error", *HARDWARE, *ROW]:
         if col not in frame:
             frame[col] = None
     frame["device"] = _infer_failed_devices(frame)
     settings = _settings_columns(frame)
-    for col in [*HARDWARE, *ROW, *settings, "label", "env"]:
+    for col in [*HARDWARE, *ROW, *settings, *TAGS]:
         frame[col] = frame[col].map(as_text)
-    frame["label"] = frame["label"].replace("-", "")
-    frame["env"] = frame["env"].replace("-", "")
+    for col in TAGS:
+        frame[col] = frame[col].replace("-", "")
     frame["device"] = frame["device"].map(lambda d: " ".join(d.split()))
     # A cell recorded twice in one run (a re-run appended to the same file)
     # counts once, its last record winning; cells that differ in spec or

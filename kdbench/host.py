@@ -46,6 +46,7 @@ def git_state() -> dict[str, Any]:
 def host_environment() -> dict[str, Any]:
     return {
         "kdbench_version": __version__,
+        "hostname": platform.node(),
         "os": f"{platform.system()} {platform.release()}",
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),

@@ -20,7 +20,12 @@ from kdbench.backends.base import Backend, Environment, LossConfig, Settings, ge
 from kdbench.harness.phases import Cell, Emit, eval_phase, no_emit, predict_all, train_phase
 from kdbench.harness.prepare import PreparedCell, prepare_cell
 from kdbench.harness.probe import matmul_probe
-from kdbench.harness.teacher_cache import load_cached_teacher, save_cached_teacher, teacher_key
+from kdbench.harness.teacher_cache import (
+    load_cached_teacher,
+    save_cached_teacher,
+    teacher_key,
+    teacher_lock,
+)
 from kdbench.harness.timing import host_peak_rss
 from kdbench.records.schema import DataInfo, Memory, Metrics, Phase, Probe, Timings
 from kdbench.spec import LoadedSpec
@@ -64,9 +69,20 @@ def put_splits(cell: Cell) -> Splits:
 def train_teacher(
     cell: Cell, train: Any, settings: Settings, cache: Path | None
 ) -> tuple[Any, Phase, bool]:
-    """The trained teacher, its phase, and whether it came from the cache."""
+    """The trained teacher, its phase, and whether it came from the cache.
+
+    With a cache, the teacher is trained once per key even when cells that
+    share it run at once on several workers (Ray, Slurm): the first takes the
+    key's lock and trains; the others wait for it, then load its teacher."""
+    key = teacher_key(cell.prepared.loaded, cell.backend.name, cell.prepared.seed, settings)
+    if cache is None:
+        return _train_teacher(cell, train, None, key)
+    with teacher_lock(cache, key):
+        return _train_teacher(cell, train, cache, key)
+
+
+def _train_teacher(cell: Cell, train: Any, cache: Path | None, key: str) -> tuple[Any, Phase, bool]:
     p, backend = cell.prepared, cell.backend
-    key = teacher_key(p.loaded, backend.name, p.seed, settings)
     cached = load_cached_teacher(cache, key, lambda m: cell.emit({"warning": m})) if cache else None
     if cached is not None:
         # Trained by an earlier cell with the same teacher; its phase record

@@ -7,10 +7,11 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from kdbench.backends.base import Settings, Weights
 from kdbench.records.schema import Phase
@@ -32,6 +33,24 @@ def teacher_key(loaded: LoadedSpec, backend: str, seed: int, settings: Settings)
     }
     text = json.dumps(content, sort_keys=True)
     return f"{backend}-seed{seed}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+@contextlib.contextmanager
+def teacher_lock(cache: Path, key: str) -> Iterator[None]:
+    """Held while one cell loads or trains the teacher of key (flock: the
+    kernel drops it if that cell dies, and the next waiter trains it). A cache
+    that cannot hold a lock file (read-only) is read without one."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(cache / f".{key}.lock"))
+        lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def load_cached_teacher(

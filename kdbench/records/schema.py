@@ -69,6 +69,8 @@ RecordSettings = create_model(  # type: ignore[call-overload]
 
 class Host(_Part):
     kdbench_version: str | None = None
+    hostname: str | None = None  # the machine that ran the cell (None: unknown)
+    executor: str | None = None  # what dispatched it: local, ray or slurm (None: older records)
     os: str | None = None
     cpu: str | None = None
     cpu_count: int | None = None

@@ -31,7 +31,7 @@ from kdbench.records.schema import Record
 from kdbench.records.store import append_record, publish_record, read_record_file
 from kdbench.runner.folder import LOGS_DIR, RECORDS_DIR, Run
 from kdbench.runner.job import CellJob
-from kdbench.runner.worker import EVENT_PREFIX, base_record
+from kdbench.runner.worker import EVENT_PREFIX, EXECUTOR_ENV, base_record
 from kdbench.spec import load_spec
 
 OnEvent = Callable[[CellJob, dict[str, Any]], None]
@@ -96,16 +96,30 @@ def exit_status(returncode: int, log_tail: str, oom_killed: bool) -> tuple[str, 
     return "failed", f"the cell's process exited with code {returncode}: {tail}"
 
 
-def run_job(job: CellJob, run: Run, on_event: OnEvent) -> Record:
-    """Run one cell in a child process; its record is published before this returns."""
-    stem = file_stem(job.cell_id)
+def new_attempt(job: CellJob, run: Run) -> CellJob:
+    """The job of one try of a cell: paths absolute, its own attempt id and record file.
+
+    Made by the driver before the cell is handed to an executor, so the driver
+    knows which file the cell will publish its record in, wherever it runs."""
     attempt = uuid.uuid4().hex[:12]
-    record_file = run.out_dir / RECORDS_DIR / f"{stem}-{attempt}.json"
+    record_file = run.out_dir / RECORDS_DIR / f"{file_stem(job.cell_id)}-{attempt}.json"
+    return dataclasses.replace(run.resolved(job), record_file=str(record_file), attempt_id=attempt)
+
+
+def run_attempt(job: CellJob, run: Run, on_event: OnEvent, executor: str = "local") -> Record:
+    """Run one try (from new_attempt) in a child process of this one; its record
+    is published before this returns. Executors call it where the cell runs."""
+    stem = file_stem(job.cell_id)
+    record_file = Path(job.record_file)
     job_file = run.out_dir / LOGS_DIR / f"{stem}.job.json"
     log_file = run.out_dir / LOGS_DIR / f"{stem}.log"
-    job = dataclasses.replace(run.resolved(job), record_file=str(record_file), attempt_id=attempt)
     job_file.write_text(job.to_json())
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+        EXECUTOR_ENV: executor,  # the record names the executor that ran the cell
+    }
     timeout_s = run.cell_timeout_s
     oom_before = _oom_kills()
     started = time.perf_counter()
@@ -140,9 +154,6 @@ def run_job(job: CellJob, run: Run, on_event: OnEvent) -> Record:
             reader.join(timeout=5)
     if record_file.is_file() and not timed_out:
         return read_record_file(record_file)
-    record = base_record(job, load_spec(job.spec_path, job.overrides))
-    if job.python:  # made here, by the runner: name the interpreter the cell ran in
-        record.host.executable = job.python
     if timed_out:
         status = "timeout"
         error = f"the cell ran past its time limit of {timeout_s:g} s and was stopped"
@@ -151,11 +162,35 @@ def run_job(job: CellJob, run: Run, on_event: OnEvent) -> Record:
         oom_killed = oom_before is not None and oom_after is not None and oom_after > oom_before
         tail = "\n".join(log_file.read_text(errors="replace").strip().splitlines()[-20:])
         status, error = exit_status(proc.returncode, tail, oom_killed)
-    record = record.model_copy(
-        update={"status": status, "error": error, "duration_s": time.perf_counter() - started}
-    )
-    publish_record(record_file, record)
+    return lost_record(job, status, error, time.perf_counter() - started, executor)
+
+
+def lost_record(
+    job: CellJob,
+    status: str,
+    error: str,
+    duration_s: float,
+    executor: str,
+    host_known: bool = True,
+) -> Record:
+    """The record of a try that ended without one, made and published here by
+    whoever watched the cell: the process that started it, or the driver when
+    the worker running it died (host_known False: the driver is not the host
+    that ran the cell)."""
+    record = base_record(job, load_spec(job.spec_path, job.overrides))
+    record.host.executor = executor
+    if not host_known:
+        record.host.hostname = None
+    if job.python:  # made here, by the runner: name the interpreter the cell ran in
+        record.host.executable = job.python
+    record = record.model_copy(update={"status": status, "error": error, "duration_s": duration_s})
+    publish_record(Path(job.record_file), record)
     return record
+
+
+def run_job(job: CellJob, run: Run, on_event: OnEvent) -> Record:
+    """Run one cell here (the local executor); its record is published before this returns."""
+    return run_attempt(new_attempt(job, run), run, on_event)
 
 
 def execute(

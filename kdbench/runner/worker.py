@@ -23,6 +23,8 @@ from kdbench.runner.job import CellJob
 from kdbench.spec import LoadedSpec, load_spec
 
 EVENT_PREFIX = "@kdbench "
+# Set by the process that starts a cell: which executor ran it (local, ray, slurm).
+EXECUTOR_ENV = "KDBENCH_EXECUTOR"
 
 OOM_MARKERS = (
     "out of memory",
@@ -56,7 +58,7 @@ def base_record(job: CellJob, loaded: LoadedSpec) -> Record:
             "temperature": spec.distill.temperature,
             "alpha": spec.distill.alpha,
         },
-        host=Host(**host_environment()),
+        host=Host(**host_environment(), executor=os.environ.get(EXECUTOR_ENV, "local")),
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         status="failed",
     )

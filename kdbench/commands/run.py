@@ -27,8 +27,18 @@ from kdbench.errors import KdbenchError
 from kdbench.records.schema import Record
 from kdbench.runner.checks import check_seeds, check_timeout, train_sizes
 from kdbench.runner.environments import check_envs, check_rounds, parse_envs
-from kdbench.runner.execute import STOP, execute
-from kdbench.runner.folder import Run, create_run, default_out_dir, load_run, plan_run, repair
+from kdbench.runner.execute import STOP
+from kdbench.runner.executors.dispatch import execute_on, preflight
+from kdbench.runner.executors.options import EXECUTOR_KINDS, ExecutorOptions
+from kdbench.runner.folder import (
+    Run,
+    create_run,
+    default_out_dir,
+    load_run,
+    plan_run,
+    read_manifest,
+    repair,
+)
 from kdbench.runner.job import CellJob
 from kdbench.runner.lock import RunLock
 from kdbench.runner.matrix import DEFAULT_MATRIX, adhoc_matrix, load_matrix
@@ -69,6 +79,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     add_setting_flags(p)
     p.add_argument("--data-dir", help="folder with the dataset files (mnist, cifar...)")
+    p.add_argument(
+        "--executor",
+        choices=EXECUTOR_KINDS,
+        help="where the cells run: local (one after another, here), ray (a Ray cluster) or "
+        "slurm (jobs through submitit); options: the matrix file's [executor] table "
+        "(default: the matrix's, else local)",
+    )
     p.add_argument(
         "--cell-timeout",
         type=float,
@@ -155,10 +172,19 @@ def run(args: argparse.Namespace) -> int:
         args.rounds,
     )
     check_envs(envs, backends)
+    options = _executor(matrix.executor, args.executor)
+    preflight(options)
+    plan.manifest["executor"] = options.model_dump()
     out = Path(args.out) if args.out else default_out_dir()
     with RunLock(out):
         created = create_run(plan, out)
-        return _execute(created, created.pending(), resumed=False)
+        return _execute(created, created.pending(), options, resumed=False)
+
+
+def _executor(table: ExecutorOptions | None, kind: str | None) -> ExecutorOptions:
+    """The matrix's [executor] table (or run.json's), its kind replaced by --executor."""
+    options = table or ExecutorOptions()
+    return options.model_copy(update={"kind": kind}) if kind else options
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -185,7 +211,10 @@ def _resume(args: argparse.Namespace) -> int:
             resumed.cell_timeout_s = args.cell_timeout
         if args.data_dir:
             jobs = _with_data_dir(resumed, jobs, args.data_dir)
-        return _execute(resumed, jobs, resumed=True)
+        saved = read_manifest(resumed).get("executor")
+        options = _executor(ExecutorOptions(**saved) if saved else None, args.executor)
+        preflight(options)
+        return _execute(resumed, jobs, options, resumed=True)
 
 
 def _with_data_dir(run: Run, jobs: list[CellJob], data_dir: str) -> list[CellJob]:
@@ -197,7 +226,7 @@ def _with_data_dir(run: Run, jobs: list[CellJob], data_dir: str) -> list[CellJob
     return [dataclasses.replace(job, data_dir=folder) for job in jobs]
 
 
-def _execute(run: Run, jobs: list[CellJob], resumed: bool) -> int:
+def _execute(run: Run, jobs: list[CellJob], options: ExecutorOptions, resumed: bool) -> int:
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > 0.5 * cores:
         warn(
@@ -205,7 +234,10 @@ def _execute(run: Run, jobs: list[CellJob], resumed: bool) -> int:
             "timings will be skewed, PyTorch's most (its OpenMP threads wait for busy cores)"
         )
     before = f" (resuming: {len(run.jobs) - len(run.pending())} done before)" if resumed else ""
-    console.print(f"kdbench: {len(jobs)} of {len(run.jobs)} cells to run{before} -> {run.out_dir}")
+    where = f" on {options.kind}" if options.kind != "local" else ""
+    console.print(
+        f"kdbench: {len(jobs)} of {len(run.jobs)} cells to run{where}{before} -> {run.out_dir}"
+    )
     started = time.perf_counter()
     failed = 0
     with Progress(
@@ -245,8 +277,11 @@ def _execute(run: Run, jobs: list[CellJob], resumed: bool) -> int:
                 )
             progress.advance(overall)
 
+        def on_started(in_flight: int) -> None:
+            progress.update(current, description=f"{in_flight} cells running on {options.kind}")
+
         try:
-            execute(run, jobs, on_event, on_record)
+            execute_on(options, run, jobs, on_event, on_record, on_started)
         except KeyboardInterrupt:
             done = len(run.jobs) - len(run.pending())
             err_console.print(

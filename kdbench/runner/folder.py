@@ -167,6 +167,7 @@ def plan_run(
         "cell_timeout_s": timeout,
         "envs": envs or {},
         "rounds": rounds,
+        "executor": {"kind": "local"},  # the run command sets the one it uses
     }
     return Plan(jobs, specs, manifest, timeout)
 
@@ -292,3 +293,18 @@ def repair(run: Run) -> list[str]:
     except OSError as exc:
         raise KdbenchError(f"cannot repair {run.results}: {exc}") from None
     return notes
+
+
+def update_manifest(run: Run, key: str, value: Any) -> None:
+    """Set one entry of run.json (atomically; the caller holds the folder's lock).
+
+    Executors keep what a restarted driver must find there, such as the job
+    ids of cells still running on a cluster."""
+    path = run.out_dir / RUN_FILE
+    manifest = json.loads(path.read_text())
+    manifest[key] = value
+    write_atomic(path, json.dumps(manifest, indent=1) + "\n")
+
+
+def read_manifest(run: Run) -> dict[str, Any]:
+    return json.loads((run.out_dir / RUN_FILE).read_text())

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kdbench.backends.base import backend_names
 from kdbench.builtins import builtin_files, find_named
 from kdbench.errors import KdbenchError
+from kdbench.runner.executors.options import ExecutorOptions
 from kdbench.settings import SETTING_NAMES, check_value
 from kdbench.spec import LoadedSpec, load_spec, read_toml
 
@@ -35,6 +36,7 @@ class MatrixFile(BaseModel):
     seeds: int | None = Field(None, ge=1, le=100, description="default: each spec's own")
     cell_timeout_s: float | None = Field(1800.0, gt=0, allow_inf_nan=False)
     axes: dict[str, list[Scalar]] = Field(default_factory=dict)
+    executor: ExecutorOptions | None = Field(None, description="where the cells run")
 
     @field_validator("backends")
     @classmethod
@@ -86,6 +88,7 @@ class Matrix:
     seeds: int | None
     cell_timeout_s: float | None
     combos: list[Combo]
+    executor: ExecutorOptions | None = None
 
     def expand(self) -> list[tuple[LoadedSpec, Combo]]:
         """Every (spec as it will run, combo); spec errors name the matrix and axis."""
@@ -115,7 +118,8 @@ def load_matrix(name_or_path: str) -> Matrix:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            message = f"unknown key; allowed keys: {', '.join(MatrixFile.model_fields)}"
+            table = ExecutorOptions if err["loc"][:1] == ("executor",) else MatrixFile
+            message = f"unknown key; allowed keys: {', '.join(table.model_fields)}"
         raise KdbenchError(f"{path}: {loc}: {message}") from None
     keys = list(parsed.axes)
     combos = []
@@ -136,6 +140,7 @@ def load_matrix(name_or_path: str) -> Matrix:
         seeds=parsed.seeds,
         cell_timeout_s=parsed.cell_timeout_s,
         combos=combos or [Combo()],
+        executor=parsed.executor,
     )
 
 

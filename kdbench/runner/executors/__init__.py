@@ -1,0 +1,1 @@
+"""Executors: where a run's cells execute (local, Ray, Slurm through submitit)."""

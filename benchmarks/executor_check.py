@@ -4,8 +4,8 @@ Runs one matrix (1 thread per cell, the same seeds) on the local executor, on
 a local Ray cluster with N worker CPUs, and through submitit's local executor
 (the Slurm job path on this machine) with at most N jobs at once; then a Ray
 cluster of 1 CPU, whose cells run one at a time as the local executor's do.
-Prints, per executor: records ok, whether every accuracy equals the local
-executor's, wall time, and the driver's overhead per cell, (wall - the cells'
+Prints, per executor: records ok, whether every metric (accuracies,
+agreement) and every phase's losses equal the local executor's, wall time, and the driver's overhead per cell, (wall - the cells'
 own durations) / cells, for the two that run one cell at a time.
 
     python benchmarks/executor_check.py --matrix quick --workers 2 --out /tmp/exec
@@ -27,7 +27,17 @@ from rich.table import Table
 
 from kdbench.runner.matrix import find_matrix
 
-METRICS = ("teacher_acc", "scratch_acc", "distilled_acc", "agreement")
+LOSSES = ("loss_step0", "loss_epochs")
+
+
+def computed(record: dict) -> dict:
+    """What a cell computed: every metric, and each phase's losses (not its times)."""
+    phases = record.get("phases") or {}
+    return {
+        "status": record["status"],
+        "metrics": record.get("metrics"),
+        "losses": {name: [phase.get(k) for k in LOSSES] for name, phase in phases.items()},
+    }
 
 
 def executors(workers: int) -> dict[str, str]:
@@ -89,7 +99,7 @@ def main() -> None:
     results = {name: run_on(name, table, args) for name, table in executors(args.workers).items()}
     local = results["local"]["records"]
     table = Table(title=f"matrix {args.matrix}: {len(local)} cells, 1 thread each")
-    for column in ("executor", "records ok", "accuracies = local's", "wall s",
+    for column in ("executor", "records ok", "metrics, losses = local's", "wall s",
                    "driver overhead s/cell"):  # fmt: skip
         table.add_column(column)
     figures = {}
@@ -97,12 +107,12 @@ def main() -> None:
         records = result["records"]
         ok = sum(r["status"] == "ok" for r in records.values())
         same = set(records) == set(local) and all(
-            records[c]["metrics"][m] == local[c]["metrics"][m] for c in local for m in METRICS
+            computed(records[c]) == computed(local[c]) for c in local
         )
         cells = sum(r["duration_s"] for r in records.values())
         one_at_a_time = name in ("local", "ray (1 CPU)")
         overhead = (result["wall_s"] - cells) / len(records) if one_at_a_time else None
-        figures[name] = {"ok": ok, "cells": len(records), "same_accuracies": same,
+        figures[name] = {"ok": ok, "cells": len(records), "same_as_local": same,
                          "wall_s": result["wall_s"], "cells_s": cells,
                          "overhead_s_per_cell": overhead}  # fmt: skip
         table.add_row(name, f"{ok}/{len(records)}", "yes" if same else "NO",

@@ -157,3 +157,5 @@ def test_list_names_everything() -> None:
         "jax",
     ):
         assert word in proc.stdout
+    executors = proc.stdout.split("executors")[1].splitlines()[1:4]
+    assert [line.split()[0] for line in executors] == ["local", "ray", "slurm"]

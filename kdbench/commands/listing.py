@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from typing import Any
 
 from kdbench.architectures import ARCHITECTURES
@@ -50,5 +51,10 @@ def run(args: argparse.Namespace) -> int:
     console.print("[bold]backends[/bold]")
     for name in backend_names():
         state = "installed" if is_installed(name) else "not installed"
+        console.print(f"  {name:<16} {state}")
+    console.print("[bold]executors[/bold] (kdbench run --executor)")
+    for name, package in (("local", None), ("ray", "ray"), ("slurm", "submitit")):
+        found = package is None or importlib.util.find_spec(package) is not None
+        state = "installed" if found else f"not installed (pip install 'kdbench[{name}]')"
         console.print(f"  {name:<16} {state}")
     return 0

@@ -27,7 +27,11 @@ class ExecutorOptions(BaseModel):
         None, ge=1, le=1024, description="CPUs each cell asks for (default: its threads setting)"
     )
     gpus_per_cell: int | None = Field(
-        None, ge=0, le=64, description="GPUs each cell asks for (default: 1 if device = gpu)"
+        None,
+        ge=0,
+        le=64,
+        description="GPUs each cell asks for (default: 1 if device = gpu, or device = auto on a "
+        "Ray cluster with GPUs)",
     )
     # Ray
     address: str | None = Field(
@@ -60,7 +64,9 @@ class ExecutorOptions(BaseModel):
     def cpus_for(self, threads: int) -> int:
         return self.cpus_per_cell or max(1, threads)
 
-    def gpus_for(self, device: str) -> int:
+    def gpus_for(self, device: str, gpus_there: bool = False) -> int:
+        """A cell that may use a GPU asks for one (Ray hides GPUs from tasks that
+        ask for none); gpus_there: the cluster has GPUs, for device = auto."""
         if self.gpus_per_cell is not None:
             return self.gpus_per_cell
-        return 1 if device == "gpu" else 0
+        return 1 if device == "gpu" or (device == "auto" and gpus_there) else 0

@@ -74,7 +74,8 @@ def _check_fits(ray: Any, jobs: list[CellJob], options: ExecutorOptions) -> None
     """A cell asking for more than the whole cluster has would wait forever: say so now."""
     have = ray.cluster_resources()
     for job in jobs:
-        cpus, gpus = options.cpus_for(job.settings.threads), options.gpus_for(job.settings.device)
+        cpus = options.cpus_for(job.settings.threads)
+        gpus = options.gpus_for(job.settings.device, have.get("GPU", 0) > 0)
         if cpus > have.get("CPU", 0) or gpus > have.get("GPU", 0):
             raise KdbenchError(
                 f"--executor ray: cell {job.cell_id} asks for {cpus} CPUs and {gpus} GPUs; the "
@@ -96,13 +97,14 @@ def execute_ray(
     try:
         _check_fits(ray, jobs, options)
         task = ray.remote(max_calls=1, max_retries=0)(run_remote)
+        gpus_there = ray.cluster_resources().get("GPU", 0) > 0
         pending: dict[Any, tuple[CellJob, float]] = {}
         try:
             for job in jobs:
                 attempt = new_attempt(job, run)
                 ref = task.options(
                     num_cpus=options.cpus_for(job.settings.threads),
-                    num_gpus=options.gpus_for(job.settings.device),
+                    num_gpus=options.gpus_for(job.settings.device, gpus_there),
                     name=job.cell_id,
                 ).remote(attempt.to_json(), str(run.out_dir), run.cell_timeout_s, "ray")
                 pending[ref] = (attempt, time.perf_counter())

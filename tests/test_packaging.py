@@ -65,6 +65,13 @@ FRAMEWORK_FOLDERS = {
 }
 
 
+# The cluster executors' packages: each extra's, imported only by its executor.
+EXECUTOR_MODULES = {
+    "ray": ("ray", "kdbench/runner/executors/ray_cluster.py"),
+    "submitit": ("slurm", "kdbench/runner/executors/slurm_jobs.py"),
+}
+
+
 def third_party_imports(root: Path) -> dict[str, set[str]]:
     """Top-level names imported anywhere under root that are neither stdlib nor kdbench."""
     import ast
@@ -110,6 +117,12 @@ def test_every_imported_package_is_a_declared_dependency() -> None:
                 folder = f"backends/{FRAMEWORK_FOLDERS[module]}/"
                 outside = {f for f in files if not f.startswith(folder)}
                 assert not outside, f"{module} imported outside {folder}: {outside}"
+                continue
+            if module in EXECUTOR_MODULES:  # optional: imported by its executor alone
+                extra, where = EXECUTOR_MODULES[module]
+                assert files == {where}, f"{module} imported outside {where}: {files}"
+                declared = {dist(r) for r in project["optional-dependencies"][extra]}
+                assert module in declared, f"{module} is missing from the extra {extra!r}"
                 continue
             dists = {d.lower().replace("_", "-") for d in owners.get(module, [module])}
             if not dists & core:

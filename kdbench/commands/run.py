@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -211,10 +212,22 @@ def _resume(args: argparse.Namespace) -> int:
             resumed.cell_timeout_s = args.cell_timeout
         if args.data_dir:
             jobs = _with_data_dir(resumed, jobs, args.data_dir)
-        saved = read_manifest(resumed).get("executor")
-        options = _executor(ExecutorOptions(**saved) if saved else None, args.executor)
+        options = _executor(_saved_executor(resumed), args.executor)
         preflight(options)
         return _execute(resumed, jobs, options, resumed=True)
+
+
+def _saved_executor(run: Run) -> ExecutorOptions | None:
+    """The executor a run was started with (None: a run made before executors)."""
+    saved = read_manifest(run).get("executor")
+    try:
+        return ExecutorOptions.model_validate(saved) if saved else None
+    except ValidationError as exc:
+        where = ".".join(str(p) for p in exc.errors()[0]["loc"])
+        raise KdbenchError(
+            f"{run.out_dir}/run.json: executor.{where}: {exc.errors()[0]['msg']}; "
+            "resume with --executor local|ray|slurm"
+        ) from None
 
 
 def _with_data_dir(run: Run, jobs: list[CellJob], data_dir: str) -> list[CellJob]:

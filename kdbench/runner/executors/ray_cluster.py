@@ -117,6 +117,7 @@ def execute_ray(
                     record = _result(ray, ref, attempt, time.perf_counter() - submitted)
                     append_record(run.results, record)
                     on_record(record)
+                    on_started(len(pending))
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref, force=True)

@@ -72,6 +72,9 @@ class Environment:
     memory_counter: str | None  # the allocator counter behind device peaks; None: none
     cuda_version: str | None = None
     cudnn_version: int | str | None = None
+    # What the layers compute in: bfloat16 under precision = "bf16" (the weights
+    # the optimizer updates, the softmax and the loss stay float32).
+    compute_dtype: str = "float32"
     extra: Mapping[str, Any] = field(default_factory=dict)  # framework-specific facts
 
     @property

@@ -1,5 +1,8 @@
 """pytest-benchmark timings of one distillation train step and one eval step
-per installed backend, on the default spec (mnist5k).
+per installed backend and mode, on the default spec (mnist5k).
+
+Modes: float32 in each framework's usual way, bf16 mixed precision, and each
+framework's compiler (`compile = "compiled"`: torch.compile, TF's XLA, jax.jit).
 
 The distillation step is the teacher's forward, the student's forward and
 backward, and the update. Warm-up rounds (compilation) are excluded and every
@@ -24,24 +27,40 @@ ROUNDS = 100
 WARMUP_ROUNDS = 10
 
 
+# (precision, compile) of each mode.
+MODES = {
+    "float32": ("float32", "default"),
+    "bf16": ("bf16", "default"),
+    "compiled": ("float32", "compiled"),
+}
+
+
 def _params() -> list[Any]:
     return [
-        pytest.param(n, marks=pytest.mark.skipif(not is_installed(n), reason=f"{n} not installed"))
+        pytest.param(
+            (n, mode),
+            marks=pytest.mark.skipif(not is_installed(n), reason=f"{n} not installed"),
+            id=f"{n}-{mode}",
+        )
         for n in backend_names()
+        for mode in MODES
     ]
 
 
 @pytest.fixture(scope="module", params=_params())
 def cell(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """The default spec's cell as the harness prepares it (seed 0), on one backend."""
+    """The default spec's cell as the harness prepares it (seed 0), on one backend and mode."""
+    name, mode = request.param
+    precision, compile_mode = MODES[mode]
     p = prepare_cell(load_spec("mnist5k"), seed=0)
-    backend = get_backend(request.param)
-    backend.setup(Settings(threads=os.cpu_count() or 1))
+    backend = get_backend(name)
+    backend.setup(Settings(threads=os.cpu_count() or 1, precision=precision, compile=compile_mode))
     train = backend.put_dataset(p.data.x_train, p.data.y_train)
     teacher = backend.build(p.loaded.teacher_arch, p.teacher_weights, seed=p.teacher_seed)
     student = backend.build(p.loaded.student_arch, p.student_weights, seed=p.student_seed)
     state = backend.init_train(student, p.student_optimizer, p.loss, teacher)
     return {
+        "mode": mode,
         "backend": backend,
         "train": train,
         "teacher": teacher,
@@ -62,6 +81,7 @@ def test_distill_train_step(benchmark: Any, cell: dict[str, Any]) -> None:
         box["i"] += 1
 
     benchmark.extra_info["backend"] = backend.name
+    benchmark.extra_info["mode"] = cell["mode"]
     benchmark.extra_info.update(backend.environment().as_dict())
     benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
 
@@ -73,4 +93,5 @@ def test_teacher_eval_step(benchmark: Any, cell: dict[str, Any]) -> None:
         backend.sync(backend.predict(cell["teacher"], cell["train"], cell["eval_idx"]))
 
     benchmark.extra_info["backend"] = backend.name
+    benchmark.extra_info["mode"] = cell["mode"]
     benchmark.pedantic(step, rounds=ROUNDS // 2, iterations=1, warmup_rounds=WARMUP_ROUNDS // 2)

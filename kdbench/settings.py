@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from kdbench.errors import KdbenchError
 
 CompileMode = Literal["default", "eager", "compiled"]
-Precision = Literal["float32", "tf32"]
+Precision = Literal["float32", "tf32", "bf16"]
 Device = Literal["auto", "cpu", "gpu"]
 
 
@@ -39,7 +39,9 @@ class Settings(BaseModel):
         "its compiler (compiled), or plain eager execution",
     )
     precision: Precision = Field(
-        "float32", description="float32 (TF32 off on GPUs) or tf32, for every framework"
+        "float32",
+        description="float32 (TF32 off on GPUs), tf32, or bf16 (bfloat16 compute, float32 "
+        "weights, softmax and loss), for every framework",
     )
     threads: int = Field(
         0, ge=0, le=1024, description="intra-op threads for every framework; 0: all cores"
@@ -52,6 +54,12 @@ class Settings(BaseModel):
         if self.threads:
             return self
         return self.model_copy(update={"threads": os.cpu_count() or 1})
+
+    @property
+    def bf16(self) -> bool:
+        """Mixed precision: layers compute in bfloat16; the weights the optimizer
+        updates, the logits' softmax and the loss stay float32."""
+        return self.precision == "bf16"
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump()

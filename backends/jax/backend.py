@@ -175,7 +175,9 @@ class JaxBackend(Backend):
         return "jax.jit" if self.jit else "jax.eager"
 
     def environment(self) -> Environment:
-        return runtime.environment(self.device, self.compile_mode, self.flags_before_init)
+        return runtime.environment(
+            self.device, self.compile_mode, self.flags_before_init, self.settings.bf16
+        )
 
     def bare_loop(self) -> BareLoop:
         from kdbench.backends.jax import bare
@@ -189,7 +191,7 @@ class JaxBackend(Backend):
         )
 
     def build(self, arch: Architecture, weights: Weights, seed: int = 0) -> JaxModel:
-        module = build_module(arch)
+        module = build_module(arch, self.settings.bf16)
         params = load_weights(module, weights, self.device)
         key = jax.device_put(jax.random.key(seed), self.device)
         return JaxModel(module=module, params=params, names=list(arch.param_shapes()), key=key)

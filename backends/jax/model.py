@@ -23,21 +23,31 @@ Params = dict[str, dict[str, jax.Array]]
 
 
 class Net(nn.Module):
-    """The neutral layer list as one linen module; submodules are named by layer index."""
+    """The neutral layer list as one linen module; submodules are named by layer index.
+
+    dtype is what the layers compute in: bfloat16 for precision = "bf16", flax's
+    own mixed precision (dtype=bfloat16 on float32 params, param_dtype); the
+    logits return as float32 for the softmax and the loss."""
 
     arch: Architecture
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        x = x.astype(self.dtype)
         for index, layer, _, _ in self.arch.walk():
             if isinstance(layer, Dense):
-                x = nn.Dense(layer.units, name=str(index))(x)
+                x = nn.Dense(
+                    layer.units, dtype=self.dtype, param_dtype=jnp.float32, name=str(index)
+                )(x)
             elif isinstance(layer, Conv2D):
                 x = nn.Conv(
                     layer.filters,
                     (layer.kernel, layer.kernel),
                     strides=(layer.stride, layer.stride),
                     padding=layer.padding.upper(),
+                    dtype=self.dtype,
+                    param_dtype=jnp.float32,
                     name=str(index),
                 )(x)
             elif isinstance(layer, MaxPool):
@@ -51,11 +61,11 @@ class Net(nn.Module):
                 x = nn.Dropout(layer.rate)(x, deterministic=deterministic)
             else:  # pragma: no cover - the spec admits no other layer
                 raise TypeError(f"no flax module for layer {layer!r}")
-        return x
+        return x.astype(jnp.float32)
 
 
-def build_module(arch: Architecture) -> Net:
-    return Net(arch=arch)
+def build_module(arch: Architecture, bf16: bool = False) -> Net:
+    return Net(arch=arch, dtype=jnp.bfloat16 if bf16 else jnp.float32)
 
 
 def split_name(name: str) -> tuple[str, str]:

@@ -104,7 +104,9 @@ def _cuda_versions() -> tuple[str | None, int | None]:
     return f"{cuda // 1000}.{cuda % 1000 // 10}", cudnn
 
 
-def environment(device: jax.Device, compile_mode: str, flags_before_init: bool) -> Environment:
+def environment(
+    device: jax.Device, compile_mode: str, flags_before_init: bool, bf16: bool = False
+) -> Environment:
     """The flags in force, as JAX and XLA report them."""
     gpu = device.platform == "gpu"
     cuda, cudnn = _cuda_versions() if gpu else (None, None)
@@ -132,6 +134,7 @@ def environment(device: jax.Device, compile_mode: str, flags_before_init: bool) 
         )
         if has_peak
         else None,
+        compute_dtype="bfloat16" if bf16 else "float32",
         extra={
             "memory_format": "channels_last",  # NHWC, flax's convolutions' layout
             "jaxlib_version": jaxlib.__version__,

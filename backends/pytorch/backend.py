@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +64,14 @@ class PyTorchBackend(Backend):
         return "torch.compile" if self.settings.compile == "compiled" else "eager"
 
     def environment(self) -> Environment:
-        return runtime.environment(self.device, self.compile_mode)
+        return runtime.environment(self.device, self.compile_mode, self.settings.bf16)
+
+    def _compute(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16: torch.autocast, PyTorch's mixed precision (linear and conv layers
+        in bfloat16 on float32 weights); the loss is taken on float32 logits."""
+        if self.settings.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def bare_loop(self) -> BareLoop:
         from kdbench.backends.pytorch import bare
@@ -92,8 +100,8 @@ class PyTorchBackend(Backend):
 
     def forward(self, model: TorchModel, x: np.ndarray) -> np.ndarray:
         model.module.eval()
-        with torch.no_grad():
-            return model.run(self._batch(x.astype(np.float32))).cpu().numpy()
+        with torch.no_grad(), self._compute():
+            return model.run(self._batch(x.astype(np.float32))).float().cpu().numpy()
 
     def loss_and_grads(
         self,
@@ -108,15 +116,17 @@ class PyTorchBackend(Backend):
         teacher_logits = self._teacher_logits(teacher, xb)
         model.module.train()
         model.module.zero_grad(set_to_none=True)
-        value = distill_loss(loss, model.run(xb), yb, teacher_logits)
+        with self._compute():
+            logits = model.run(xb)
+        value = distill_loss(loss, logits.float(), yb, teacher_logits)
         value.backward()
         return float(value.detach()), read_grads(model.module, model.names)
 
     def _teacher_logits(self, teacher: TorchModel | None, xb: torch.Tensor) -> torch.Tensor | None:
         if teacher is None:
             return None
-        with torch.no_grad():
-            return teacher.run(xb)
+        with torch.no_grad(), self._compute():
+            return teacher.run(xb).float()
 
     def init_train(
         self,
@@ -142,7 +152,9 @@ class PyTorchBackend(Backend):
         module = state.model.module
         if not module.training:
             module.train()
-        loss = distill_loss(state.loss, state.model.run(xb), yb, teacher_logits)
+        with self._compute():
+            logits = state.model.run(xb)
+        loss = distill_loss(state.loss, logits.float(), yb, teacher_logits)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         set_lr(state.optimizer, lr)
@@ -156,8 +168,8 @@ class PyTorchBackend(Backend):
         if model.module.training:
             model.module.eval()
         idx = torch.from_numpy(indices).to(self.device, non_blocking=True)
-        with torch.no_grad():
-            return model.run(as_nchw(data.x.index_select(0, idx)))
+        with torch.no_grad(), self._compute():
+            return model.run(as_nchw(data.x.index_select(0, idx))).float()
 
     def to_numpy(self, handle: Any) -> np.ndarray:
         if isinstance(handle, list | tuple):

@@ -31,7 +31,7 @@ def apply_settings(settings: Settings) -> torch.device:
     return torch.device("cuda" if use_cuda else "cpu")
 
 
-def environment(device: torch.device, compile_mode: str) -> Environment:
+def environment(device: torch.device, compile_mode: str, bf16: bool = False) -> Environment:
     """The flags in force, as torch reports them."""
     cuda = device.type == "cuda"
     return Environment(
@@ -48,5 +48,6 @@ def environment(device: torch.device, compile_mode: str) -> Environment:
         tf32_conv=bool(torch.backends.cudnn.allow_tf32),
         deterministic=torch.are_deterministic_algorithms_enabled(),
         memory_counter="torch.cuda.max_memory_allocated" if cuda else None,
-        extra={"memory_format": MEMORY_FORMAT},
+        compute_dtype="bfloat16" if bf16 else "float32",
+        extra={"memory_format": MEMORY_FORMAT, "autocast": "bfloat16" if bf16 else None},
     )

@@ -116,7 +116,7 @@ class TensorFlowBackend(Backend):
         return COMPILE_MODES[self.settings.compile]
 
     def environment(self) -> Environment:
-        return runtime.environment(self.gpu, self.compile_mode)
+        return runtime.environment(self.gpu, self.compile_mode, self.settings.bf16)
 
     def bare_loop(self) -> BareLoop:
         from kdbench.backends.tensorflow import bare
@@ -139,7 +139,7 @@ class TensorFlowBackend(Backend):
 
     def build(self, arch: Architecture, weights: Weights, seed: int = 0) -> TFModel:
         with tf.device(self.device):
-            module = build_module(arch, seed)
+            module = build_module(arch, seed, self.settings.bf16)
             load_weights(module, weights)
         return TFModel(module=module, names=list(arch.param_shapes()))
 

@@ -26,9 +26,13 @@ class TFModule(tf.Module):
     by build(), so a run is reproducible and independent of TF's global seed.
     """
 
-    def __init__(self, arch: Architecture, seed: int = 0) -> None:
+    def __init__(self, arch: Architecture, seed: int = 0, bf16: bool = False) -> None:
         super().__init__(name=None)
         self.arch = arch
+        # bf16: the layers compute in bfloat16 on float32 variables cast at each
+        # use (the gradient flows back through the cast to the float32 variable,
+        # as under Keras's mixed_bfloat16 policy); the logits return as float32.
+        self.compute = tf.bfloat16 if bf16 else tf.float32
         self.layers = list(arch.layers)
         self.params: dict[str, tf.Variable] = {
             name: tf.Variable(tf.zeros(shape, tf.float32), name=name.replace(".", "_"))
@@ -41,20 +45,24 @@ class TFModule(tf.Module):
         """The parameters in the neutral order (that of arch.param_shapes())."""
         return list(self.params.values())
 
+    def _param(self, name: str) -> tf.Tensor:
+        var = self.params[name]
+        return var if self.compute == tf.float32 else tf.cast(var, self.compute)
+
     def __call__(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
-        h = x
+        h = x if self.compute == tf.float32 else tf.cast(x, self.compute)
         for index, layer in enumerate(self.layers):
             if isinstance(layer, Dense):
-                h = tf.matmul(h, self.params[f"{index}.kernel"])
-                h = tf.nn.bias_add(h, self.params[f"{index}.bias"])
+                h = tf.matmul(h, self._param(f"{index}.kernel"))
+                h = tf.nn.bias_add(h, self._param(f"{index}.bias"))
             elif isinstance(layer, Conv2D):
                 h = tf.nn.conv2d(
                     h,
-                    self.params[f"{index}.kernel"],
+                    self._param(f"{index}.kernel"),
                     strides=layer.stride,
                     padding=layer.padding.upper(),
                 )
-                h = tf.nn.bias_add(h, self.params[f"{index}.bias"])
+                h = tf.nn.bias_add(h, self._param(f"{index}.bias"))
             elif isinstance(layer, MaxPool):
                 # VALID floors (h // size) like the neutral shape rule and torch.
                 h = tf.nn.max_pool2d(h, layer.size, layer.size, "VALID")
@@ -67,17 +75,17 @@ class TFModule(tf.Module):
                     h = dropout(h, layer.rate, self.rng)
             else:  # pragma: no cover - the spec admits no other layer
                 raise TypeError(f"no tensorflow op for layer {layer!r}")
-        return h
+        return h if self.compute == tf.float32 else tf.cast(h, tf.float32)
 
 
 def dropout(x: tf.Tensor, rate: float, rng: tf.random.Generator) -> tf.Tensor:
     """Inverted dropout as torch does it: keep with 1 - rate, scale by 1 / (1 - rate)."""
-    keep = rng.uniform(tf.shape(x), dtype=x.dtype) >= rate
+    keep = rng.uniform(tf.shape(x), dtype=tf.float32) >= rate
     return x * tf.cast(keep, x.dtype) * (1.0 / (1.0 - rate))
 
 
-def build_module(arch: Architecture, seed: int = 0) -> TFModule:
-    return TFModule(arch, seed)
+def build_module(arch: Architecture, seed: int = 0, bf16: bool = False) -> TFModule:
+    return TFModule(arch, seed, bf16)
 
 
 def load_weights(module: TFModule, weights: Weights) -> None:

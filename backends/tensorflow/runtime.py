@@ -46,7 +46,7 @@ def op_determinism_enabled() -> bool:
         return False
 
 
-def environment(gpu: bool, compile_mode: str) -> Environment:
+def environment(gpu: bool, compile_mode: str, bf16: bool = False) -> Environment:
     """The flags in force, as TensorFlow reports them."""
     build = tf.sysconfig.get_build_info() if gpu else {}
     device = "cpu"
@@ -70,5 +70,6 @@ def environment(gpu: bool, compile_mode: str) -> Environment:
         tf32_conv=tf32,  # one TF flag governs both
         deterministic=op_determinism_enabled(),
         memory_counter="tf.config.experimental.get_memory_info['peak']" if gpu else None,
+        compute_dtype="bfloat16" if bf16 else "float32",
         extra={"memory_format": "channels_last"},  # NHWC, Keras's data_format
     )

@@ -188,12 +188,13 @@ def run_cell(
     rss_start = psutil.Process().memory_info().rss
     backend, setup_s = start_backend(backend_name, settings)
     rss_framework = psutil.Process().memory_info().rss
-    probe = matmul_probe(backend, backend.environment().on_gpu)
+    probe = matmul_probe(backend, backend.environment().on_gpu, settings.bf16)
 
     t0 = time.perf_counter()
     prepared = prepare_cell(loaded, seed, data_dir)
     data_load_s = time.perf_counter() - t0
-    cell = Cell(prepared, backend, emit, probe.flops_per_s["float32"])
+    peak = probe.flops_per_s["bfloat16" if settings.bf16 else "float32"]
+    cell = Cell(prepared, backend, emit, peak)
     t0 = time.perf_counter()
     splits = put_splits(cell)
     put_dataset_s = time.perf_counter() - t0

@@ -12,13 +12,14 @@ from kdbench.records.schema import Probe
 PROBE_REPEATS = 10
 
 
-def matmul_probe(backend: Backend, gpu: bool) -> Probe:
+def matmul_probe(backend: Backend, gpu: bool, bf16: bool = False) -> Probe:
     """Under the precision policy in force: float32 always, bfloat16 too on
-    GPUs. The median of PROBE_REPEATS synchronised products after two warm-ups."""
+    GPUs and under precision = "bf16" (the peak its steps are measured against).
+    The median of PROBE_REPEATS synchronised products after two warm-ups."""
     n = 4096 if gpu else 1024
     rates: dict[str, float] = {}
     started = time.perf_counter()
-    for dtype in ("float32", "bfloat16") if gpu else ("float32",):
+    for dtype in ("float32", "bfloat16") if gpu or bf16 else ("float32",):
         run = backend.matmul_probe(n, dtype)
         for _ in range(2):
             backend.sync(run())

@@ -5,7 +5,8 @@ this folder on PYTHONPATH), so real cell processes run it. Its model is a
 fixed random linear map of the input, its training step a little numpy;
 the numbers are not a benchmark, the records they make are real.
 
-$KDBENCH_STUB_STEP_S makes every training step sleep (to stop a run mid-cell);
+$KDBENCH_STUB_STEP_S makes every training step sleep (to stop a run mid-cell),
+$KDBENCH_STUB_PREDICT_S every prediction batch (a steady eval time);
 $KDBENCH_STUB_FAIL lists seeds whose cells fail ("0,2"), and
 $KDBENCH_STUB_FAIL_ONCE_DIR makes each failing cell fail only while a marker
 file is absent from that folder (so a retry can succeed);
@@ -153,6 +154,9 @@ class StubBackend(Backend):
 
     def predict(self, model: StubModel, data: Any, indices: np.ndarray) -> np.ndarray:
         x, _ = data
+        delay = float(os.environ.get("KDBENCH_STUB_PREDICT_S", "0"))
+        if delay:
+            time.sleep(delay)
         return x[indices] @ model.projection
 
     def to_numpy(self, handle: Any) -> np.ndarray:

@@ -19,10 +19,14 @@ from test_run_store import kdbench, lines, one_line_error, write_spec
 
 pytestmark = pytest.mark.slow
 
-STEP_S = "0.003"  # the stub's sleep per step: steady, so 20% is plain to see
-# Five rounds: the stub's eval batches take microseconds, where one process
-# can be much faster than another; a phase counts as changed only if every
-# round agrees, which same-code rounds do by chance far less often in 5 than 3.
+# The stub's sleep per training step and per eval batch: steady, so 20% is
+# plain to see. Without the eval sleep its eval batches take microseconds, and
+# an A/A run once found one environment's slower in all 5 rounds (+10 to +54%)
+# on a machine busy with the other test worker.
+STEP_S = "0.003"
+# Five rounds: a phase counts as changed only if every round agrees, which
+# same-code rounds do by chance far less often in 5 than in 3 (one process
+# can run much faster than another on this machine).
 ROUNDS = 5
 
 
@@ -33,7 +37,7 @@ def ab_run(tmp_path: Path, slowdown: float, rounds: int = ROUNDS) -> Path:
     envs += (("b", interpreter(tmp_path / "envs", "b", slowdown)),)
     proc = kdbench(
         "run", str(spec), "--backend", "stub", "--out", str(out), "--rounds", str(rounds),
-        *env_flags(*envs), KDBENCH_STUB_STEP_S=STEP_S,
+        *env_flags(*envs), KDBENCH_STUB_STEP_S=STEP_S, KDBENCH_STUB_PREDICT_S=STEP_S,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr + proc.stdout
     return out

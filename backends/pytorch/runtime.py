@@ -49,5 +49,5 @@ def environment(device: torch.device, compile_mode: str, bf16: bool = False) -> 
         deterministic=torch.are_deterministic_algorithms_enabled(),
         memory_counter="torch.cuda.max_memory_allocated" if cuda else None,
         compute_dtype="bfloat16" if bf16 else "float32",
-        extra={"memory_format": MEMORY_FORMAT, "autocast": "bfloat16" if bf16 else None},
+        extra={"memory_format": MEMORY_FORMAT},
     )

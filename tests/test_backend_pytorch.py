@@ -66,8 +66,12 @@ def test_environment_records_the_flags_in_force(pt) -> None:
 
 
 @pytest.mark.slow
-def test_compiled_mode_trains_like_eager() -> None:
+def test_compiled_mode_trains_like_eager(tmp_path, monkeypatch) -> None:
+    """...and compiles from scratch: inductor's FX graph cache stays empty (with
+    it on, a second run's compiled warm-up hit it: 14.9 s cold, 1.9 s cached)."""
     from kdbench.backends.pytorch.backend import PyTorchBackend
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
 
     arch = ARCHS["mlp-16"]
     x = np.random.default_rng(0).normal(size=(64, 28, 28, 1)).astype(np.float32)
@@ -90,7 +94,10 @@ def test_compiled_mode_trains_like_eager() -> None:
             out.append(loss)
         losses[mode] = b.to_numpy(out)
         assert b.environment().compile_mode == ("torch.compile" if mode == "compiled" else "eager")
+        assert b.environment().as_dict()["compilation_cache"] == "off"
     np.testing.assert_allclose(losses["compiled"], losses["eager"], rtol=1e-5)
+    assert (tmp_path / "inductor").is_dir()  # inductor did compile, there
+    assert not [p for p in (tmp_path / "inductor").rglob("fxgraph/**/*") if p.is_file()]
 
 
 def test_gpu_request_without_a_gpu_fails_clearly() -> None:

@@ -261,7 +261,7 @@ def test_environment_has_the_pytorch_keys_and_the_flags_in_force(tfb) -> None:
         "framework", "framework_version", "device", "device_kind", "cuda_version",
         "cudnn_version", "compile_mode", "intra_op_threads", "inter_op_threads",
         "tf32_matmul", "tf32_conv", "deterministic", "memory_counter", "memory_format",
-        "compute_dtype",
+        "compute_dtype", "compilation_cache",
     }  # fmt: skip
     assert set(env) == keys
     if is_installed("pytorch"):
@@ -270,7 +270,7 @@ def test_environment_has_the_pytorch_keys_and_the_flags_in_force(tfb) -> None:
     assert env["compile_mode"] == "tf.function"
     assert env["intra_op_threads"] == env["inter_op_threads"] == 2
     assert env["tf32_matmul"] is False and env["tf32_conv"] is False
-    assert env["compute_dtype"] == "float32"
+    assert env["compute_dtype"] == "float32" and env["compilation_cache"] == "off"
     if not tf.config.list_physical_devices("GPU"):
         assert env["device_kind"] == "cpu" and env["cuda_version"] is None
         assert env["memory_counter"] is None

@@ -154,5 +154,6 @@ def environment(
             "xla_flags": flags,
             # None: every cell compiles from scratch, so warm-up times are comparable.
             "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
+            "compilation_cache": "on" if jax.config.jax_compilation_cache_dir else "off",
         },
     )

@@ -24,11 +24,44 @@ def apply_settings(settings: Settings) -> torch.device:
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    if settings.compile == "compiled":
+        disable_compile_caches()
     if settings.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     return torch.device("cuda" if use_cuda else "cpu")
+
+
+def disable_compile_caches() -> None:
+    """torch.compile compiles every cell from scratch, as JAX (no compilation
+    cache directory) and TensorFlow do here: inductor's on-disk FX graph,
+    AOTAutograd and autotuning caches would let a second run's compiled
+    warm-up hit a cache (measured: teacher warm-up 14.9 s cold, 1.9 s on the
+    second run), comparing a cache hit with a cold compile."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = False
+    inductor_config.autotune_local_cache = False
+    functorch_config.enable_autograd_cache = False
+
+
+def compile_caches() -> str:
+    """Whether torch.compile may reuse compiled code from disk."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    on = [
+        name
+        for name, value in (
+            ("fx_graph", inductor_config.fx_graph_cache),
+            ("autotune", inductor_config.autotune_local_cache),
+            ("aot_autograd", functorch_config.enable_autograd_cache),
+        )
+        if value
+    ]
+    return f"on ({', '.join(on)})" if on else "off"
 
 
 def environment(device: torch.device, compile_mode: str, bf16: bool = False) -> Environment:
@@ -49,5 +82,9 @@ def environment(device: torch.device, compile_mode: str, bf16: bool = False) -> 
         deterministic=torch.are_deterministic_algorithms_enabled(),
         memory_counter="torch.cuda.max_memory_allocated" if cuda else None,
         compute_dtype="bfloat16" if bf16 else "float32",
-        extra={"memory_format": MEMORY_FORMAT},
+        extra={
+            "memory_format": MEMORY_FORMAT,
+            # Only torch.compile reads these caches; eager cells compile nothing.
+            "compilation_cache": compile_caches() if compile_mode == "torch.compile" else "off",
+        },
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import tensorflow as tf
 
@@ -71,5 +72,11 @@ def environment(gpu: bool, compile_mode: str, bf16: bool = False) -> Environment
         deterministic=op_determinism_enabled(),
         memory_counter="tf.config.experimental.get_memory_info['peak']" if gpu else None,
         compute_dtype="bfloat16" if bf16 else "float32",
-        extra={"memory_format": "channels_last"},  # NHWC, Keras's data_format
+        extra={
+            "memory_format": "channels_last",  # NHWC, Keras's data_format
+            # No persistent XLA cache unless TF_XLA_FLAGS names one.
+            "compilation_cache": "on"
+            if "tf_xla_persistent_cache_directory" in os.environ.get("TF_XLA_FLAGS", "")
+            else "off",
+        },
     )

@@ -61,8 +61,17 @@ TWO_TEMPERATURES = 'axes = { "distill.temperature" = [2.0, 8.0] }'
 SUBMITIT = "kind = 'slurm'\ncluster = 'local'\ncpus_per_cell = 1\nmax_parallel = 2\npoll_s = 0.2"
 
 
+def matrix_args(path: Path, out: Path) -> tuple[str, ...]:
+    return ("run", "--matrix", str(path), "--out", str(out), "--threads", "1")
+
+
 def run_matrix(path: Path, out: Path, *more: str, **env: str):
-    return kdbench("run", "--matrix", str(path), "--out", str(out), "--threads", "1", *more, **env)
+    return kdbench(*matrix_args(path, out), *more, **env)
+
+
+def start_matrix(path: Path, out: Path, step_s: str):
+    """kdbench run of the matrix in the background, each stub step sleeping step_s."""
+    return start(*matrix_args(path, out), KDBENCH_STUB_STEP_S=step_s)
 
 
 def cell_processes(out: Path) -> list[psutil.Process]:
@@ -148,8 +157,7 @@ def test_a_ray_worker_killed_mid_cell_is_a_failed_record_and_the_rest_finish(
     spec = write_spec(tmp_path, epochs=2)
     out = tmp_path / "run"
     path = matrix(tmp_path, spec, RAY)
-    runner = start("run", "--matrix", str(path), "--out", str(out), "--threads", "1",
-                   KDBENCH_STUB_STEP_S="0.05")  # fmt: skip
+    runner = start_matrix(path, out, "0.05")
     seed0: list[psutil.Process] = []
 
     def seed0_running() -> bool:
@@ -178,8 +186,7 @@ def test_ctrl_c_cancels_the_ray_tasks_and_resume_loses_and_repeats_nothing(
     spec = write_spec(tmp_path, epochs=2)
     out = tmp_path / "run"
     path = matrix(tmp_path, spec, RAY, seeds=3)
-    runner = start("run", "--matrix", str(path), "--out", str(out), "--threads", "1",
-                   KDBENCH_STUB_STEP_S="0.05")  # fmt: skip
+    runner = start_matrix(path, out, "0.05")
     wait_for(lambda: len(cell_processes(out)) == 2, "two cells to run at once", runner)
     runner.send_signal(signal.SIGINT)
     _, err = runner.communicate(timeout=120)
@@ -201,8 +208,7 @@ def test_a_restarted_driver_waits_for_the_jobs_it_left_instead_of_running_them_a
     spec = write_spec(tmp_path, epochs=2)
     out = tmp_path / "run"
     path = matrix(tmp_path, spec, SUBMITIT, seeds=3)
-    runner = start("run", "--matrix", str(path), "--out", str(out), "--threads", "1",
-                   KDBENCH_STUB_STEP_S="0.03")  # fmt: skip
+    runner = start_matrix(path, out, "0.03")
 
     def two_jobs() -> bool:
         manifest = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}

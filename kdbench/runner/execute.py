@@ -106,11 +106,16 @@ def new_attempt(job: CellJob, run: Run) -> CellJob:
     return dataclasses.replace(run.resolved(job), record_file=str(record_file), attempt_id=attempt)
 
 
+def published(job: CellJob) -> Record | None:
+    """The record this try (from new_attempt) published, if it did."""
+    record_file = Path(job.record_file)
+    return read_record_file(record_file) if record_file.is_file() else None
+
+
 def run_attempt(job: CellJob, run: Run, on_event: OnEvent, executor: str = "local") -> Record:
     """Run one try (from new_attempt) in a child process of this one; its record
     is published before this returns. Executors call it where the cell runs."""
     stem = file_stem(job.cell_id)
-    record_file = Path(job.record_file)
     job_file = run.out_dir / LOGS_DIR / f"{stem}.job.json"
     log_file = run.out_dir / LOGS_DIR / f"{stem}.log"
     job_file.write_text(job.to_json())
@@ -152,8 +157,8 @@ def run_attempt(job: CellJob, run: Run, on_event: OnEvent, executor: str = "loca
                 proc.kill()
             proc.wait()
             reader.join(timeout=5)
-    if record_file.is_file() and not timed_out:
-        return read_record_file(record_file)
+    if not timed_out and (record := published(job)) is not None:
+        return record
     if timed_out:
         status = "timeout"
         error = f"the cell ran past its time limit of {timeout_s:g} s and was stopped"

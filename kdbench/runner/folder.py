@@ -300,10 +300,9 @@ def update_manifest(run: Run, key: str, value: Any) -> None:
 
     Executors keep what a restarted driver must find there, such as the job
     ids of cells still running on a cluster."""
-    path = run.out_dir / RUN_FILE
-    manifest = json.loads(path.read_text())
+    manifest = read_manifest(run)
     manifest[key] = value
-    write_atomic(path, json.dumps(manifest, indent=1) + "\n")
+    write_atomic(run.out_dir / RUN_FILE, json.dumps(manifest, indent=1) + "\n")
 
 
 def read_manifest(run: Run) -> dict[str, Any]:

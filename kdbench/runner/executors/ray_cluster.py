@@ -15,13 +15,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from kdbench.errors import KdbenchError
 from kdbench.records.schema import Record
-from kdbench.records.store import append_record, read_record_file
-from kdbench.runner.execute import check_stop, lost_record, new_attempt
+from kdbench.records.store import append_record
+from kdbench.runner.execute import check_stop, lost_record, new_attempt, published
 from kdbench.runner.executors.options import ExecutorOptions
 from kdbench.runner.executors.remote import run_remote
 from kdbench.runner.folder import Run
@@ -70,9 +69,8 @@ def start_ray(ray: Any, options: ExecutorOptions) -> bool:
     return True
 
 
-def _check_fits(ray: Any, jobs: list[CellJob], options: ExecutorOptions) -> None:
+def _check_fits(have: dict[str, float], jobs: list[CellJob], options: ExecutorOptions) -> None:
     """A cell asking for more than the whole cluster has would wait forever: say so now."""
-    have = ray.cluster_resources()
     for job in jobs:
         cpus = options.cpus_for(job.settings.threads)
         gpus = options.gpus_for(job.settings.device, have.get("GPU", 0) > 0)
@@ -95,9 +93,10 @@ def execute_ray(
     ray = import_ray()
     started_here = start_ray(ray, options)
     try:
-        _check_fits(ray, jobs, options)
+        have = ray.cluster_resources()
+        _check_fits(have, jobs, options)
         task = ray.remote(max_calls=1, max_retries=0)(run_remote)
-        gpus_there = ray.cluster_resources().get("GPU", 0) > 0
+        gpus_there = have.get("GPU", 0) > 0
         pending: dict[Any, tuple[CellJob, float]] = {}
         try:
             for job in jobs:
@@ -133,8 +132,8 @@ def _result(ray: Any, ref: Any, attempt: CellJob, waited_s: float) -> Record:
     try:
         return Record.model_validate_json(ray.get(ref))
     except ray.exceptions.RayError as exc:
-        if Path(attempt.record_file).is_file():
-            return read_record_file(Path(attempt.record_file))
+        if (record := published(attempt)) is not None:
+            return record
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         if isinstance(exc, ray.exceptions.RayTaskError):
             error = f"the cell's Ray task failed ({first})"

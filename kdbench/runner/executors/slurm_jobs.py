@@ -27,8 +27,8 @@ import psutil
 
 from kdbench.errors import KdbenchError
 from kdbench.records.schema import Record
-from kdbench.records.store import append_record, read_record_file
-from kdbench.runner.execute import check_stop, lost_record, new_attempt
+from kdbench.records.store import append_record
+from kdbench.runner.execute import check_stop, lost_record, new_attempt, published
 from kdbench.runner.executors.options import ExecutorOptions
 from kdbench.runner.executors.remote import run_remote
 from kdbench.runner.folder import Run, read_manifest, update_manifest
@@ -135,11 +135,7 @@ def execute_slurm(
             )
         else:
             queue.append(job)
-    limit = options.max_parallel or (
-        max(1, (os.cpu_count() or 1) // options.cpus_for(jobs[0].settings.threads))
-        if options.cluster == "local" and jobs
-        else len(jobs) or 1
-    )
+    limit = _in_flight_limit(options, jobs)
     executors: dict[tuple[int, int], Any] = {}
     try:
         while queue or waiting:
@@ -161,6 +157,16 @@ def execute_slurm(
             if entry.job is not None:
                 entry.job.cancel(check=False)
         raise
+
+
+def _in_flight_limit(options: ExecutorOptions, jobs: list[CellJob]) -> int:
+    """max_parallel; else, on this machine (cluster = local), as many cells as
+    its cores hold; else all of them (the cluster's queue decides)."""
+    if options.max_parallel:
+        return options.max_parallel
+    if options.cluster == "local" and jobs:
+        return max(1, (os.cpu_count() or 1) // options.cpus_for(jobs[0].settings.threads))
+    return max(1, len(jobs))
 
 
 def _submit(
@@ -198,9 +204,9 @@ def _submit(
 
 def _finished(entry: Waiting) -> Record | None:
     """The try's record once published; a failed record for a job that ended without one."""
-    record_file = Path(entry.attempt.record_file)
-    if record_file.is_file():
-        return read_record_file(record_file)
+    record = published(entry.attempt)
+    if record is not None:
+        return record
     if entry.alive():
         return None
     now = time.perf_counter()

@@ -44,11 +44,41 @@ Weights = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class LossConfig:
-    """alpha weighs the distillation term, (1 - alpha) the label cross-entropy."""
+    """The training loss: a weighted sum of named terms (kdbench.methods).
+
+    Without explicit weights, soft and hard put alpha on the distillation term
+    and (1 - alpha) on the label cross-entropy; the other methods use their
+    defaults. pairs are (teacher layer, student layer) whose outputs a feature
+    term (hint, at) compares; FitNet's connector k ("hint<k>.kernel/.bias")
+    maps student pair k's channels to the teacher's.
+    """
 
     method: str = "none"
     temperature: float = 4.0
     alpha: float = 0.9
+    weights: tuple[tuple[str, float], ...] = ()
+    pairs: tuple[tuple[int, int], ...] = ()
+    at_p: float = 2.0
+
+    def terms(self) -> dict[str, float]:
+        """Each term with its weight; terms weighted zero are left out."""
+        from kdbench.methods import METHODS, alpha_weights
+
+        if self.weights:
+            chosen = dict(self.weights)
+        elif METHODS[self.method].uses_alpha:
+            chosen = alpha_weights(self.method, self.alpha)
+        else:
+            chosen = dict(METHODS[self.method].defaults)
+        return {term: w for term, w in chosen.items() if w != 0.0}
+
+    @property
+    def teacher_taps(self) -> tuple[int, ...]:
+        return tuple(t for t, _ in self.pairs)
+
+    @property
+    def student_taps(self) -> tuple[int, ...]:
+        return tuple(s for _, s in self.pairs)
 
 
 # The record keeps these three at its top level; the rest is its environment block.
@@ -181,11 +211,14 @@ class Backend(ABC):
         y: np.ndarray,
         loss: LossConfig,
         teacher: Any | None = None,
+        connectors: Weights | None = None,
+        kd_scale: float = 1.0,
     ) -> tuple[float, Weights]:
         """The training loss of one batch and its gradient per parameter.
 
         For parity tests; the model is in training mode (use dropout-free
-        architectures to compare frameworks).
+        architectures to compare frameworks). The gradients of the
+        connectors (FitNet's regressors) come back under their own names.
         """
 
     @abstractmethod
@@ -195,8 +228,12 @@ class Backend(ABC):
         optimizer: dict[str, Any],
         loss: LossConfig,
         teacher: Any | None = None,
+        connectors: Weights | None = None,
     ) -> Any:
         """A training state: the model, its optimizer and the compiled step.
+
+        connectors (the neutral weights of loss.method's student-side
+        connectors) train with the student, in its optimizer.
 
         optimizer is OptimizerSpec.resolved(): every hyper-parameter named,
         with PyTorch's conventions (momentum buffer v = mu * v + g; Adam's
@@ -206,8 +243,17 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def train_step(self, state: Any, data: Any, indices: np.ndarray, lr: float) -> tuple[Any, Any]:
-        """One step on the batch data[indices]; returns (state, loss handle)."""
+    def train_step(
+        self, state: Any, data: Any, indices: np.ndarray, lr: float, kd_scale: float = 1.0
+    ) -> tuple[Any, Any]:
+        """One step on the batch data[indices]; returns (state, loss handle).
+
+        kd_scale multiplies every distillation term (all but ce): the
+        harness's warm-up factor for this step."""
+
+    @abstractmethod
+    def trained_connectors(self, state: Any) -> Weights:
+        """The connectors' weights in a training state, neutral layouts ({} if none)."""
 
     @abstractmethod
     def trained_model(self, state: Any) -> Any:

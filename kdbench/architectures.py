@@ -175,10 +175,29 @@ def _cnn_small(classes: int) -> list[Layer]:
     ]
 
 
+def _cnn_tiny(classes: int) -> list[Layer]:
+    """A convolutional student whose blocks have cnn-small's spatial sizes
+    (13x13 and 5x5 on 28x28 input), so feature methods can pair them."""
+    return [
+        Conv2D(filters=8, kernel=3),
+        ReLU(),
+        MaxPool(size=2),
+        Conv2D(filters=16, kernel=3),
+        ReLU(),
+        MaxPool(size=2),
+        Flatten(),
+        Dense(units=classes),
+    ]
+
+
 ARCHITECTURES: dict[str, tuple[str, Callable[[int], list[Layer]]]] = {
     "cnn-small": (
         "conv3x3(32)-relu-pool2-conv3x3(64)-relu-pool2-dense(256)-relu-dense",
         _cnn_small,
+    ),
+    "cnn-tiny": (
+        "conv3x3(8)-relu-pool2-conv3x3(16)-relu-pool2-dense: cnn-small's blocks, thinner",
+        _cnn_tiny,
     ),
     "mlp-1200x2": (
         "Hinton's MLP teacher: 2x dense(1200)-relu-dropout(0.3)",

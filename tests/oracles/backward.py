@@ -106,9 +106,14 @@ def maxpool_backward(x: np.ndarray, grad_out: np.ndarray, size: int) -> np.ndarr
 
 
 def backward(
-    arch: Architecture, weights: Weights, x: np.ndarray, grad_logits: np.ndarray
+    arch: Architecture,
+    weights: Weights,
+    x: np.ndarray,
+    grad_logits: np.ndarray,
+    feature_grads: dict[int, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """d(loss)/d(every parameter), float64, given d(loss)/d(logits)."""
+    """d(loss)/d(every parameter), float64, given d(loss)/d(logits) and, for a
+    feature term, d(loss)/d(the output of layer i) for the tapped layers i."""
     w = _f64(weights)
     trace = forward_trace(arch, weights, x)
     g = np.asarray(grad_logits, dtype=np.float64)
@@ -116,6 +121,8 @@ def backward(
     grads: dict[str, np.ndarray] = {}
     for index in reversed(range(len(arch.layers))):
         layer, h = arch.layers[index], trace[index]
+        if feature_grads and index in feature_grads:
+            g = g + feature_grads[index]
         if isinstance(layer, Dense):
             grads[f"{index}.kernel"] = h.T @ g
             grads[f"{index}.bias"] = g.sum(axis=0)

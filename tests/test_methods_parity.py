@@ -1,0 +1,55 @@
+"""Every distillation method computes the same thing in every backend: the loss
+and every gradient (connectors included) against the float64 oracle, then
+TRAJECTORY_STEPS real train steps (changing lr, a warm-up ramp) against the
+float64 trajectory and against PyTorch's. test_methods_perturbed.py breaks
+each method on purpose and shows these checks fail."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+from conftest import backend, backend_params
+from method_checks import (
+    CASES,
+    assert_trajectories_match,
+    check_method_grads,
+    method_trajectory,
+    oracle_method_trajectory,
+)
+
+from kdbench.backends.base import is_installed
+
+ALL = backend_params()
+
+
+@cache
+def oracle_run(case: str):
+    return oracle_method_trajectory(CASES[case])
+
+
+@cache
+def run_of(name: str, case: str):
+    return method_trajectory(backend(name), CASES[case])
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("case", list(CASES))
+def test_method_loss_and_grads_match_the_oracle(name: str, case: str) -> None:
+    check_method_grads(backend(name), CASES[case])
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("case", list(CASES))
+def test_method_trajectory_matches_the_oracle(name: str, case: str) -> None:
+    assert_trajectories_match(run_of(name, case), oracle_run(case), f"{name} {case}")
+
+
+@pytest.mark.parametrize("name", backend_params(exclude=("pytorch",)))
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.skipif(not is_installed("pytorch"), reason="PyTorch, the reference, is not installed")
+@pytest.mark.torch
+def test_method_trajectory_matches_pytorch(name: str, case: str) -> None:
+    assert_trajectories_match(
+        run_of(name, case), run_of("pytorch", case), f"{name} vs pytorch {case}"
+    )

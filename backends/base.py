@@ -17,6 +17,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
@@ -62,6 +63,10 @@ class LossConfig:
 
     def terms(self) -> dict[str, float]:
         """Each term with its weight; terms weighted zero are left out."""
+        return dict(self._terms)
+
+    @cached_property
+    def _terms(self) -> dict[str, float]:  # read every step: worked out once
         from kdbench.methods import METHODS, alpha_weights
 
         if self.weights:

@@ -30,13 +30,18 @@ def train_flops(arch: Architecture) -> int:
 
 
 def phase_flops_per_step(
-    phase: str, teacher: Architecture, student: Architecture, batch_size: int
+    phase: str,
+    teacher: Architecture,
+    student: Architecture,
+    batch_size: int,
+    connector_forward: int = 0,
 ) -> int:
     """FLOPs of one step of a phase: teacher training, scratch student,
-    distillation (the frozen teacher's forward plus the student's training)."""
+    distillation (the frozen teacher's forward plus the student's training,
+    and the training of the method's connectors: connector_forward per sample, x3)."""
     per_sample = {
         "teacher": train_flops(teacher),
         "scratch": train_flops(student),
-        "distill": forward_flops(teacher) + train_flops(student),
+        "distill": forward_flops(teacher) + train_flops(student) + 3 * connector_forward,
     }[phase]
     return per_sample * batch_size

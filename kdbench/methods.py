@@ -232,6 +232,21 @@ def connector_params(shapes: dict[str, tuple[int, ...]]) -> int:
     return int(sum(np.prod(s) for s in shapes.values()))
 
 
+def connector_forward_flops(
+    method: str, pairs: tuple[FeaturePair, ...], teacher: Architecture, student: Architecture
+) -> int:
+    """Multiply-adds x 2 of the connectors for one sample: a (C_s x C_t) map per position."""
+    total = 0
+    shapes = connector_shapes(method, pairs, teacher, student)
+    for k, pair in enumerate(pairs):
+        if f"hint{k}.kernel" not in shapes:
+            continue
+        c_s, c_t = shapes[f"hint{k}.kernel"]
+        positions = int(np.prod(tap_shape(student, pair.student)[:-1]))
+        total += 2 * c_s * c_t * positions
+    return total
+
+
 def warmup_factor(epoch: int, warmup_epochs: int) -> float:
     """The distillation terms' weight factor in epoch (0-based)."""
     if warmup_epochs <= 0:

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kdbench.architectures import ARCHITECTURES, Architecture, Layer, resolve
 from kdbench.builtins import builtin_files, find_named
 from kdbench.errors import KdbenchError
+from kdbench.methods import METHODS as _METHODS
+from kdbench.methods import FeaturePair, resolve_pairs
 from kdbench.settings import SETTING_NAMES, Settings
 
 if sys.version_info >= (3, 11):
@@ -28,7 +30,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_SPEC = "mnist5k"
-METHODS = ("none", "soft", "hard")
+METHODS = tuple(_METHODS)
 
 
 class _Strict(BaseModel):
@@ -137,17 +139,54 @@ class NetSpec(_Strict):
         return self
 
 
-class DistillSpec(_Strict):
-    """How the student learns from the teacher.
+class PairSpec(_Strict):
+    """A teacher tap and a student tap that a feature method compares."""
 
-    alpha weighs the distillation term and (1 - alpha) the label
-    cross-entropy: loss = alpha * T^2 * KL(teacher_T || student_T)
-    + (1 - alpha) * CE(student, labels) for 'soft'.
+    teacher: str
+    student: str
+
+
+class DistillSpec(_Strict):
+    """How the student learns from the teacher: a method (kdbench.methods) and
+    the weights of its loss terms.
+
+    soft and hard may still say alpha: alpha on the distillation term, 1 - alpha
+    on the label cross-entropy (loss = alpha * T^2 * KL(teacher_T || student_T)
+    + (1 - alpha) * CE for 'soft'). Every method takes weights = { term = w }
+    instead; terms left out weigh 0, and without either the method's reference
+    weights apply.
     """
 
-    method: Literal["none", "soft", "hard"]
+    method: Literal["none", "soft", "hard", "fitnet", "at", "dkd"]
     temperature: float = Field(4.0, gt=0.0, le=100.0)
     alpha: float = Field(0.9, ge=0.0, le=1.0)
+    weights: dict[str, float] | None = None
+    pairs: list[PairSpec] = []
+    warmup_epochs: int = Field(0, ge=0, le=10_000)
+    at_p: float = Field(2.0, gt=0.0, le=8.0)
+
+    @model_validator(mode="after")
+    def _method_terms(self) -> DistillSpec:
+        from kdbench.methods import term_weights
+
+        alpha = self.alpha if "alpha" in self.model_fields_set else None
+        term_weights(self.method, self.weights, alpha)  # raises ValueError naming the field
+        for term, weight in (self.weights or {}).items():
+            if not (0.0 <= weight <= 1e6):
+                raise ValueError(f"weights.{term}: {weight} is not between 0 and 1e6")
+        return self
+
+    def term_weights(self) -> dict[str, float]:
+        from kdbench.methods import term_weights
+
+        alpha = self.alpha if "alpha" in self.model_fields_set else None
+        return term_weights(self.method, self.weights, alpha)
+
+
+# Fields added after specs were first hashed: left out of the hash at their
+# defaults, so every spec written before them keeps its hash (and its cached
+# teachers, resumable runs and baselines).
+_LATER_DEFAULTS = {"distill": {"weights": None, "pairs": [], "warmup_epochs": 0, "at_p": 2.0}}
 
 
 class MeasureSpec(Settings):
@@ -181,6 +220,7 @@ class LoadedSpec:
     content_hash: str
     teacher_arch: Architecture
     student_arch: Architecture
+    pairs: tuple[FeaturePair, ...] = ()  # the feature method's taps, as layer indices
 
     @property
     def name(self) -> str:
@@ -189,7 +229,12 @@ class LoadedSpec:
 
 def spec_hash(spec: Spec) -> str:
     """Hash of the validated content: comments and key order do not change it."""
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    content = spec.model_dump(mode="json")
+    for section, defaults in _LATER_DEFAULTS.items():
+        for key, default in defaults.items():
+            if content[section].get(key) == default:
+                del content[section][key]
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -352,12 +397,18 @@ def load_spec(
     where = source or str(path)
     spec = parse_spec(raw, where)
     teacher, student = resolve_architectures(spec, where)
+    pairs = [(p.teacher, p.student) for p in spec.distill.pairs]
+    try:
+        resolved = resolve_pairs(spec.distill.method, pairs, teacher, student)
+    except ValueError as exc:
+        raise KdbenchError(f"{where}: distill.{exc}") from None
     return LoadedSpec(
         spec=spec,
         path=path,
         content_hash=spec_hash(spec),
         teacher_arch=teacher,
         student_arch=student,
+        pairs=resolved,
     )
 
 

@@ -74,6 +74,15 @@ CASES = {
             [("pre_logits", "dense1")],
             {"ce": 1.0, "hint": 2.0},
         ),
+        # Square connector (64 -> 64): a transposed kernel is wrong, not a shape error.
+        _case(
+            "fitnet-square",
+            "fitnet",
+            "mlp-64",
+            "mlp-64",
+            [("dense1", "dense1")],
+            {"ce": 1.0, "hint": 2.0},
+        ),
         _case(
             "at",
             "at",

@@ -127,11 +127,15 @@ class StubBackend(Backend):
         optimizer: dict[str, Any],
         loss: LossConfig,
         teacher: StubModel | None = None,
+        connectors: Weights | None = None,
     ) -> StubState:
         return StubState(model, loss)
 
+    def trained_connectors(self, state: StubState) -> Weights:
+        return {}
+
     def train_step(
-        self, state: StubState, data: Any, indices: np.ndarray, lr: float
+        self, state: StubState, data: Any, indices: np.ndarray, lr: float, kd_scale: float = 1.0
     ) -> tuple[StubState, float]:
         x, y = data
         if state.model.steps == 0 and _fails(_cell_seed()):

@@ -302,7 +302,9 @@ class StubBackend(Backend):
         optimizer: dict[str, Any],
         loss: LossConfig,
         teacher: StubModel | None = None,
+        connectors: Weights | None = None,
     ) -> StubState:
+        assert not connectors, "soft distillation has no connectors"
         if teacher is not None:
             assert teacher.role == "teacher" and teacher.steps > 0, "an untrained teacher"
             assert loss.method == "soft"
@@ -313,9 +315,18 @@ class StubBackend(Backend):
         assert model.role is None and model.weights  # a fresh model, with initial weights
         return StubState(model, role, optimizer, loss)
 
+    def trained_connectors(self, state: StubState) -> Weights:
+        return {}
+
     def train_step(
-        self, state: StubState, data: StubData, indices: np.ndarray, lr: float
+        self,
+        state: StubState,
+        data: StubData,
+        indices: np.ndarray,
+        lr: float,
+        kd_scale: float = 1.0,
     ) -> tuple[StubState, float]:
+        assert kd_scale == 1.0, "no warm-up in this spec"
         assert indices.dtype == np.int32 and indices.max() < len(data.y)
         state.lrs.append(float(lr))
         return state, 1.0 / len(state.lrs)  # loss 1, 1/2, 1/3, ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ from kdbench.backends.base import Backend, BareLoop, Environment, LossConfig, Se
 from kdbench.backends.pytorch import runtime
 from kdbench.backends.pytorch.losses import distill_loss
 from kdbench.backends.pytorch.model import (
+    Tapped,
     as_nchw,
     build_module,
     load_weights,
@@ -43,6 +44,10 @@ class TorchState:
     optimizer: torch.optim.Optimizer
     loss: LossConfig
     teacher: TorchModel | None
+    connectors: dict[str, nn.Parameter] = field(default_factory=dict)
+    # Feature methods: the student and teacher returning (logits, tapped features).
+    student_tapped: Any = None
+    teacher_tapped: Any = None
 
 
 class PyTorchBackend(Backend):
@@ -110,17 +115,52 @@ class PyTorchBackend(Backend):
         y: np.ndarray,
         loss: LossConfig,
         teacher: TorchModel | None = None,
+        connectors: Weights | None = None,
+        kd_scale: float = 1.0,
     ) -> tuple[float, Weights]:
+        state = self.init_train(
+            model,
+            {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
+            loss,
+            teacher,
+            connectors,
+        )
         xb = self._batch(x.astype(np.float32))
         yb = torch.from_numpy(y.astype(np.int64)).to(self.device)
-        teacher_logits = self._teacher_logits(teacher, xb)
-        model.module.train()
         model.module.zero_grad(set_to_none=True)
-        with self._compute():
-            logits = model.run(xb)
-        value = distill_loss(loss, logits.float(), yb, teacher_logits)
+        value = self._loss(state, xb, yb, kd_scale)
         value.backward()
-        return float(value.detach()), read_grads(model.module, model.names)
+        grads = read_grads(model.module, model.names)
+        grads.update({k: p.grad.detach().cpu().numpy() for k, p in state.connectors.items()})
+        return float(value.detach()), grads
+
+    def _loss(
+        self, state: TorchState, xb: torch.Tensor, yb: torch.Tensor, kd_scale: float
+    ) -> torch.Tensor:
+        """The step's loss: logits (and tapped features for feature methods) of
+        the student, the frozen teacher's under no_grad, the method's terms."""
+        module = state.model.module
+        if not module.training:
+            module.train()
+        if state.student_tapped is None:
+            teacher_logits = self._teacher_logits(state.teacher, xb)
+            with self._compute():
+                logits = state.model.run(xb)
+            return distill_loss(state.loss, logits.float(), yb, teacher_logits, kd_scale=kd_scale)
+        with torch.no_grad(), self._compute():
+            t_logits, t_feats = state.teacher_tapped(xb)
+        with self._compute():
+            logits, s_feats = state.student_tapped(xb)
+        return distill_loss(
+            state.loss,
+            logits.float(),
+            yb,
+            t_logits.float(),
+            [f.float() for f in s_feats],
+            [f.float() for f in t_feats],
+            state.connectors,
+            kd_scale,
+        )
 
     def _teacher_logits(self, teacher: TorchModel | None, xb: torch.Tensor) -> torch.Tensor | None:
         if teacher is None:
@@ -134,27 +174,44 @@ class PyTorchBackend(Backend):
         optimizer: dict[str, Any],
         loss: LossConfig,
         teacher: TorchModel | None = None,
+        connectors: Weights | None = None,
     ) -> TorchState:
         if teacher is not None:
             teacher.module.eval()
             teacher.module.requires_grad_(False)
         model.module.train()
-        opt = make_optimizer(model.module.parameters(), optimizer)
-        return TorchState(model=model, optimizer=opt, loss=loss, teacher=teacher)
+        # Connectors keep the neutral (in, out) layout: F.linear gets their transpose.
+        params = {
+            name: nn.Parameter(torch.from_numpy(np.array(value, np.float32)).to(self.device))
+            for name, value in (connectors or {}).items()
+        }
+        opt = make_optimizer([*model.module.parameters(), *params.values()], optimizer)
+        state = TorchState(
+            model=model, optimizer=opt, loss=loss, teacher=teacher, connectors=params
+        )
+        if loss.pairs:
+            if teacher is None:
+                raise ValueError(f"method {loss.method!r} needs a teacher")
+            state.student_tapped = self._tapped(model, loss.student_taps)
+            state.teacher_tapped = self._tapped(teacher, loss.teacher_taps)
+        return state
+
+    def _tapped(self, model: TorchModel, taps: tuple[int, ...]) -> Any:
+        tapped = Tapped(model.module, taps)
+        return torch.compile(tapped) if self.settings.compile == "compiled" else tapped
 
     def train_step(
-        self, state: TorchState, data: TorchData, indices: np.ndarray, lr: float
+        self,
+        state: TorchState,
+        data: TorchData,
+        indices: np.ndarray,
+        lr: float,
+        kd_scale: float = 1.0,
     ) -> tuple[TorchState, torch.Tensor]:
         idx = torch.from_numpy(indices).to(self.device, non_blocking=True)
         xb = as_nchw(data.x.index_select(0, idx))
         yb = data.y.index_select(0, idx)
-        teacher_logits = self._teacher_logits(state.teacher, xb)
-        module = state.model.module
-        if not module.training:
-            module.train()
-        with self._compute():
-            logits = state.model.run(xb)
-        loss = distill_loss(state.loss, logits.float(), yb, teacher_logits)
+        loss = self._loss(state, xb, yb, kd_scale)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         set_lr(state.optimizer, lr)
@@ -163,6 +220,9 @@ class PyTorchBackend(Backend):
 
     def trained_model(self, state: TorchState) -> TorchModel:
         return state.model
+
+    def trained_connectors(self, state: TorchState) -> Weights:
+        return {k: p.detach().cpu().numpy().astype(np.float32) for k, p in state.connectors.items()}
 
     def predict(self, model: TorchModel, data: TorchData, indices: np.ndarray) -> torch.Tensor:
         if model.module.training:

@@ -77,6 +77,29 @@ def build_module(arch: Architecture) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
+class Tapped(nn.Module):
+    """The net returning its logits and the outputs of the tapped layers (NHWC
+    views of image features, the neutral layout the feature losses read).
+
+    A tapped output that an in-place ReLU would overwrite next is cloned first."""
+
+    def __init__(self, net: nn.Sequential, taps: tuple[int, ...]) -> None:
+        super().__init__()
+        self.net = net
+        self.taps = taps
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        found: dict[int, torch.Tensor] = {}
+        layers = list(self.net)
+        for index, layer in enumerate(layers):
+            x = layer(x)
+            if index in self.taps:
+                after = layers[index + 1] if index + 1 < len(layers) else None
+                keep = x.clone() if isinstance(after, nn.ReLU) and after.inplace else x
+                found[index] = keep.permute(0, 2, 3, 1) if keep.dim() == 4 else keep
+        return x, [found[i] for i in self.taps]
+
+
 def to_torch_layout(name: str, value: np.ndarray) -> np.ndarray:
     if name.endswith(".kernel"):
         if value.ndim == 4:  # HWIO -> OIHW

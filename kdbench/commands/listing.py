@@ -6,14 +6,15 @@ import argparse
 import importlib.util
 from typing import Any
 
-from kdbench.architectures import ARCHITECTURES
+from kdbench.architectures import ARCHITECTURES, resolve
 from kdbench.backends.base import backend_names, is_installed
 from kdbench.builtins import builtin_files
 from kdbench.commands.common import console
 from kdbench.errors import KdbenchError
+from kdbench.methods import METHODS, tap_shape, taps
 from kdbench.runner.matrix import load_matrix
 from kdbench.settings import allowed_values
-from kdbench.spec import METHODS, load_spec
+from kdbench.spec import load_spec
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -40,12 +41,17 @@ def run(args: argparse.Namespace) -> int:
     for name in DATASETS:
         where = "needs a folder (data.path or --data-dir)" if name in FILE_DATASETS else "built in"
         console.print(f"  {name:<16} {where}")
-    console.print("[bold]architectures[/bold]")
+    console.print("[bold]architectures[/bold] (and their feature taps, at 28x28x1 input)")
     for name, (description, _) in ARCHITECTURES.items():
-        console.print(f"  {name:<16} {description}")
-    console.print("[bold]methods[/bold]")
-    for name in METHODS:
-        console.print(f"  {name}")
+        console.print(f"  {name:<16} {description}", markup=False)
+        arch = resolve(name, None, (28, 28, 1), 10)
+        shown = ", ".join(f"{tap} {tap_shape(arch, i)}" for tap, i in taps(arch).items())
+        console.print(f"  {'':<16} taps: {shown}", markup=False)
+    console.print("[bold]methods[/bold] (terms and reference weights; distill.weights overrides)")
+    for name, method in METHODS.items():
+        weights = ", ".join(f"{t} {w:g}" for t, w in method.defaults.items())
+        pairs = "  needs pairs of taps" if method.feature else ""
+        console.print(f"  {name:<16} {method.summary}: {weights}{pairs}", markup=False)
     console.print(f"[bold]compile modes[/bold]  {allowed_values('compile')}")
     console.print(f"[bold]precisions[/bold]     {allowed_values('precision')}")
     console.print("[bold]backends[/bold]")

@@ -109,8 +109,12 @@ def train_students(cell: Cell, train: Any, teacher: Any) -> tuple[Any, Any, dict
     scratch = backend.trained_model(state)
 
     student = backend.build(arch, p.student_weights, seed=p.student_seed)
-    state = backend.init_train(student, p.student_optimizer, p.loss, teacher=teacher)
-    state, distill_phase = train_phase(cell, "distill", net, state, train, p.student_plan)
+    state = backend.init_train(
+        student, p.student_optimizer, p.loss, teacher=teacher, connectors=p.connectors
+    )
+    state, distill_phase = train_phase(
+        cell, "distill", net, state, train, p.student_plan, p.spec.distill.warmup_epochs
+    )
     return (
         scratch,
         backend.trained_model(state),
@@ -208,6 +212,7 @@ def run_cell(
             "teacher_from_cache": from_cache,
             "teacher_params": loaded.teacher_arch.param_count(),
             "student_params": loaded.student_arch.param_count(),
+            "connector_params": sum(int(v.size) for v in cell.prepared.connectors.values()),
         }
     )
     return CellResult(

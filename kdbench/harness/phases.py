@@ -18,6 +18,7 @@ from kdbench.backends.base import Backend
 from kdbench.flops import forward_flops, phase_flops_per_step
 from kdbench.harness.prepare import PreparedCell
 from kdbench.harness.timing import efficiency, host_peak_rss, step_stats
+from kdbench.methods import connector_forward_flops, warmup_factor
 from kdbench.plan import BatchPlan, learning_rates
 from kdbench.records.schema import Phase
 from kdbench.spec import NetSpec
@@ -45,9 +46,17 @@ class Cell:
 
 
 def train_phase(
-    cell: Cell, phase: str, net: NetSpec, state: Any, data: Any, plan: BatchPlan
+    cell: Cell,
+    phase: str,
+    net: NetSpec,
+    state: Any,
+    data: Any,
+    plan: BatchPlan,
+    warmup_epochs: int = 0,
 ) -> tuple[Any, Phase]:
-    """Train through the whole plan, timing every step from dispatch to sync."""
+    """Train through the whole plan, timing every step from dispatch to sync.
+
+    warmup_epochs ramps the distillation terms' weight up linearly (kdbench.methods)."""
     backend = cell.backend
     lrs = learning_rates(net, plan)
     times = np.empty(plan.total_steps)
@@ -58,9 +67,12 @@ def train_phase(
     step = 0
     for epoch in range(plan.epochs):
         handles = []
+        scale = warmup_factor(epoch, warmup_epochs)
         for batch in range(plan.steps_per_epoch):
             t0 = time.perf_counter()
-            state, loss = backend.train_step(state, data, plan.indices[epoch, batch], lrs[step])
+            state, loss = backend.train_step(
+                state, data, plan.indices[epoch, batch], lrs[step], scale
+            )
             backend.sync(state, loss)
             times[step] = time.perf_counter() - t0
             handles.append(loss)
@@ -75,7 +87,10 @@ def train_phase(
         raise FloatingPointError(f"{phase}: the training loss is not finite: {epoch_losses}")
     timing = step_stats(times, cell.warmup, plan.batch_size)
     loaded = cell.prepared.loaded
-    flops = phase_flops_per_step(phase, loaded.teacher_arch, loaded.student_arch, plan.batch_size)
+    t_arch, s_arch = loaded.teacher_arch, loaded.student_arch
+    method = loaded.spec.distill.method
+    connectors = connector_forward_flops(method, loaded.pairs, t_arch, s_arch)
+    flops = phase_flops_per_step(phase, t_arch, s_arch, plan.batch_size, connectors)
     stats = Phase(
         steps=plan.total_steps,
         samples=plan.total_steps * plan.batch_size,

@@ -12,6 +12,7 @@ from typing import Any
 from kdbench.backends.base import LossConfig, Weights
 from kdbench.datasets import Dataset, load_dataset
 from kdbench.initial_weights import init_weights
+from kdbench.methods import connector_shapes, init_connectors
 from kdbench.plan import BatchPlan, make_plan, rng_for
 from kdbench.spec import LoadedSpec, Spec
 
@@ -31,6 +32,7 @@ class PreparedCell:
     scratch_seed: int
     student_seed: int
     loss: LossConfig  # the distillation loss (the scratch student uses "none")
+    connectors: Weights  # the method's student-side connectors (FitNet), else {}
     teacher_optimizer: dict[str, Any]
     student_optimizer: dict[str, Any]
 
@@ -67,6 +69,9 @@ def prepare_cell(loaded: LoadedSpec, seed: int, data_dir: str | None = None) -> 
     n_train = len(data.y_train)
     dropout = rng_for(seed, "dropout").integers(0, 2**31 - 1, size=3)
     distill = spec.distill
+    shapes = connector_shapes(
+        distill.method, loaded.pairs, loaded.teacher_arch, loaded.student_arch
+    )
     return PreparedCell(
         loaded=loaded,
         seed=seed,
@@ -82,7 +87,21 @@ def prepare_cell(loaded: LoadedSpec, seed: int, data_dir: str | None = None) -> 
         teacher_seed=int(dropout[0]),
         scratch_seed=int(dropout[1]),
         student_seed=int(dropout[2]),
-        loss=LossConfig(distill.method, distill.temperature, distill.alpha),
+        loss=loss_config(loaded),
+        connectors=init_connectors(shapes, rng_for(seed, "connector-init")),
         teacher_optimizer=spec.teacher.optimizer.resolved(),
         student_optimizer=spec.student.optimizer.resolved(),
+    )
+
+
+def loss_config(loaded: LoadedSpec) -> LossConfig:
+    """The spec's distillation loss with every weight and tapped layer spelt out."""
+    distill = loaded.spec.distill
+    return LossConfig(
+        method=distill.method,
+        temperature=distill.temperature,
+        alpha=distill.alpha,
+        weights=tuple(distill.term_weights().items()),
+        pairs=tuple((p.teacher, p.student) for p in loaded.pairs),
+        at_p=distill.at_p,
     )

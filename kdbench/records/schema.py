@@ -133,6 +133,7 @@ class Metrics(_Part):
     teacher_from_cache: bool | None = None
     teacher_params: int | None = None
     student_params: int | None = None
+    connector_params: int | None = None  # the method's connectors (FitNet), apart from the student
 
 
 class Timings(_Part):

@@ -1,0 +1,108 @@
+"""Each method parity check fails when the method is broken on purpose.
+
+Bugs a real implementation could have, applied to the PyTorch backend with
+monkeypatch: attention maps left unnormalised, DKD's target class left in the
+non-target softmax, FitNet's connector applied transposed, the warm-up factor
+ignored, the warm-up applied to the label term too, and the connectors left
+out of the optimizer. The same checks hold every backend (test_methods_parity.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import backend
+from method_checks import (
+    CASES,
+    assert_trajectories_match,
+    check_method_grads,
+    method_trajectory,
+    oracle_method_trajectory,
+)
+
+from kdbench.backends.base import is_installed
+
+pytestmark = [
+    pytest.mark.torch,
+    pytest.mark.skipif(not is_installed("pytorch"), reason="pytorch is not installed"),
+]
+
+
+@pytest.fixture
+def losses():
+    import kdbench.backends.pytorch.losses as module
+
+    return module
+
+
+def test_checks_pass_unperturbed() -> None:
+    for case in ("at", "dkd", "fitnet-square"):
+        check_method_grads(backend("pytorch"), CASES[case])
+
+
+def test_at_without_normalisation_fails(losses, monkeypatch) -> None:
+    monkeypatch.setattr(
+        losses, "attention_map", lambda f, p: f.abs().pow(p).mean(dim=-1).flatten(1)
+    )
+    with pytest.raises(AssertionError, match="at loss"):
+        check_method_grads(backend("pytorch"), CASES["at"])
+
+
+def test_dkd_with_the_target_class_in_the_non_target_softmax_fails(losses, monkeypatch) -> None:
+    monkeypatch.setattr(losses, "DKD_MASK", 0.0)
+    with pytest.raises(AssertionError, match="dkd loss"):
+        check_method_grads(backend("pytorch"), CASES["dkd"])
+
+
+def test_fitnet_connector_transposed_fails(losses, monkeypatch) -> None:
+    import torch.nn.functional as F
+
+    def transposed(student, teacher, connectors):
+        total = student[0].new_zeros(())
+        for k, (fs, ft) in enumerate(zip(student, teacher, strict=True)):
+            mapped = F.linear(fs, connectors[f"hint{k}.kernel"], connectors[f"hint{k}.bias"])
+            total = total + F.mse_loss(mapped, ft)
+        return total
+
+    monkeypatch.setattr(losses, "hint_term", transposed)
+    with pytest.raises(AssertionError, match="fitnet-square loss"):
+        check_method_grads(backend("pytorch"), CASES["fitnet-square"])
+
+
+def test_warm_up_ignored_fails(losses, monkeypatch) -> None:
+    real = losses.distill_loss
+    monkeypatch.setattr(losses, "distill_loss", lambda *a, **k: real(*a, **{**k, "kd_scale": 1.0}))
+    import kdbench.backends.pytorch.backend as torch_backend
+
+    monkeypatch.setattr(torch_backend, "distill_loss", losses.distill_loss)
+    with pytest.raises(AssertionError, match="dkd loss"):
+        check_method_grads(backend("pytorch"), CASES["dkd"], kd_scale=0.5)
+
+
+def test_warm_up_on_the_label_term_too_fails(losses, monkeypatch) -> None:
+    real = losses.distill_loss
+
+    def scaled_all(config, student, labels, *args, kd_scale=1.0, **kwargs):
+        return kd_scale * real(config, student, labels, *args, kd_scale=1.0, **kwargs)
+
+    import kdbench.backends.pytorch.backend as torch_backend
+
+    monkeypatch.setattr(torch_backend, "distill_loss", scaled_all)
+    with pytest.raises(AssertionError, match="soft loss"):
+        check_method_grads(backend("pytorch"), CASES["soft"], kd_scale=0.5)
+
+
+def test_connectors_left_out_of_the_optimizer_fail(monkeypatch) -> None:
+    import kdbench.backends.pytorch.backend as torch_backend
+
+    real = torch_backend.make_optimizer
+
+    def student_only(params, config):
+        params = list(params)
+        return real([p for p in params if p.dim() != 2 or p.shape != (16, 64)], config)
+
+    monkeypatch.setattr(torch_backend, "make_optimizer", student_only)
+    case = CASES["fitnet-conv"]
+    with pytest.raises(AssertionError, match=r"fitnet: step 1 loss"):
+        assert_trajectories_match(
+            method_trajectory(backend("pytorch"), case), oracle_method_trajectory(case), "fitnet"
+        )

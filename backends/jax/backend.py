@@ -1,7 +1,7 @@
 """The JAX backend: flax.linen + optax, one jax.jit train step per phase.
 
 Why linen and not nnx: a linen module is a pure function of an explicit
-params pytree, so the whole training state (params, optimizer state, step
+params pytree, so the whole training state (params, connectors, optimizer state, step
 counter) is one pytree that jax.jit takes, donates and returns; nothing is
 split from or merged back into Python objects on each call, which nnx.jit
 does (or which one would do by hand with nnx.split/merge around jax.jit).
@@ -21,12 +21,11 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from typing import Any, NamedTuple  # noqa: E402
+from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from kdbench.architectures import Architecture  # noqa: E402
 from kdbench.backends.base import (  # noqa: E402
@@ -38,7 +37,6 @@ from kdbench.backends.base import (  # noqa: E402
     Weights,
 )
 from kdbench.backends.jax import runtime  # noqa: E402
-from kdbench.backends.jax.losses import distill_loss  # noqa: E402
 from kdbench.backends.jax.model import (  # noqa: E402
     Net,
     Params,
@@ -47,7 +45,14 @@ from kdbench.backends.jax.model import (  # noqa: E402
     read_grads,
     read_weights,
 )
-from kdbench.backends.jax.optim import make_optimizer, set_lr  # noqa: E402
+from kdbench.backends.jax.optim import make_optimizer  # noqa: E402
+from kdbench.backends.jax.step import (  # noqa: E402
+    Carry,
+    Connectors,
+    make_train_step,
+    student_objective,
+    teacher_outputs,
+)
 
 
 @dataclass
@@ -62,14 +67,6 @@ class JaxModel:
 class JaxData:
     x: jax.Array  # NHWC float32
     y: jax.Array  # int32
-
-
-class Carry(NamedTuple):
-    """Everything a step changes: one pytree, donated to the next step."""
-
-    params: Params
-    opt_state: Any
-    step: jax.Array  # int32; folded into the dropout key
 
 
 @dataclass
@@ -92,50 +89,10 @@ def _logits(module: Net, params: Params, x: jax.Array, idx: Any) -> jax.Array:
 _logits_jit = jax.jit(_logits, static_argnums=0)
 
 
-def make_train_step(
-    module: Net,
-    tx: optax.GradientTransformation,
-    loss: LossConfig,
-    teacher: Net | None,
-    traces: list[int],
-) -> Callable[..., tuple[Carry, jax.Array]]:
-    """The pure step: (carry, x, y, idx, lr, key, teacher_params) -> (carry, loss).
-
-    The dataset is an argument, not a closed-over constant, so it is neither
-    copied into the executable nor re-sent: it already lives on the device.
-    """
-
-    def step(
-        carry: Carry,
-        x: jax.Array,
-        y: jax.Array,
-        idx: jax.Array,
-        lr: jax.Array,
-        key: jax.Array,
-        teacher_params: Params | None,
-    ) -> tuple[Carry, jax.Array]:
-        traces[0] += 1  # Python runs only while tracing (or every step in eager mode)
-        xb, yb = x[idx], y[idx]
-        teacher_logits = None
-        if teacher is not None:
-            teacher_logits = jax.lax.stop_gradient(
-                teacher.apply({"params": teacher_params}, xb, deterministic=True)
-            )
-        rng = jax.random.fold_in(key, carry.step)
-
-        def objective(params: Params) -> jax.Array:
-            logits = module.apply(
-                {"params": params}, xb, deterministic=False, rngs={"dropout": rng}
-            )
-            return distill_loss(loss, logits, yb, teacher_logits)
-
-        value, grads = jax.value_and_grad(objective)(carry.params)
-        opt_state = set_lr(carry.opt_state, lr)
-        updates, opt_state = tx.update(grads, opt_state, carry.params)
-        params = optax.apply_updates(carry.params, updates)
-        return Carry(params, opt_state, carry.step + 1), value
-
-    return step
+def _host(connectors: Connectors) -> Weights:
+    """Connector arrays (or their gradients) as float32 numpy, neutral names."""
+    host = jax.device_get(connectors)
+    return {name: np.ascontiguousarray(v, dtype=np.float32) for name, v in host.items()}
 
 
 def _arrays(handle: Any) -> Any:
@@ -229,22 +186,33 @@ class JaxBackend(Backend):
         y: np.ndarray,
         loss: LossConfig,
         teacher: JaxModel | None = None,
+        connectors: Weights | None = None,
+        kd_scale: float = 1.0,
     ) -> tuple[float, Weights]:
         xb = jax.device_put(np.ascontiguousarray(x, dtype=np.float32), self.device)
         yb = jax.device_put(np.asarray(y, dtype=np.int32), self.device)
-        idx = np.arange(len(x), dtype=np.int32)
-        teacher_logits = None if teacher is None else self._eval(teacher, xb, idx)
         module = model.module
+        teacher_module = None if teacher is None else teacher.module
 
-        def objective(params: Params) -> jax.Array:
-            logits = module.apply(
-                {"params": params}, xb, deterministic=False, rngs={"dropout": model.key}
-            )
-            return distill_loss(loss, logits, yb, teacher_logits)
+        def grad_fn(
+            trainable: tuple[Params, Connectors], teacher_params: Params | None, scale: jax.Array
+        ) -> tuple[jax.Array, tuple[Params, Connectors]]:
+            teacher_out = teacher_outputs(teacher_module, teacher_params, xb, loss)
+            objective = student_objective(module, loss, xb, yb, model.key, teacher_out, scale)
+            return jax.value_and_grad(objective)(trainable)
 
-        grad_fn = jax.value_and_grad(objective)
-        value, grads = (jax.jit(grad_fn) if self.jit else grad_fn)(model.params)
-        return float(value), read_grads(grads, model.names)
+        trainable = (model.params, self._put_connectors(connectors))
+        teacher_params = None if teacher is None else teacher.params
+        run = jax.jit(grad_fn) if self.jit else grad_fn
+        value, (grads, conn_grads) = run(trainable, teacher_params, np.float32(kd_scale))
+        return float(value), {**read_grads(grads, model.names), **_host(conn_grads)}
+
+    def _put_connectors(self, connectors: Weights | None) -> Connectors:
+        """The connectors as float32 device arrays, under their neutral names."""
+        return {
+            name: jax.device_put(np.ascontiguousarray(value, dtype=np.float32), self.device)
+            for name, value in (connectors or {}).items()
+        }
 
     def init_train(
         self,
@@ -252,30 +220,48 @@ class JaxBackend(Backend):
         optimizer: dict[str, Any],
         loss: LossConfig,
         teacher: JaxModel | None = None,
+        connectors: Weights | None = None,
     ) -> JaxState:
         # The teacher is frozen: its params are an argument of the step, not
         # part of the carry the optimizer updates, and it runs deterministic.
+        # The connectors train with the student: one optimizer over both.
         tx = make_optimizer(optimizer)
         traces = [0]
         step = make_train_step(
             model.module, tx, loss, None if teacher is None else teacher.module, traces
         )
         step_fn = jax.jit(step, donate_argnums=0) if self.jit else step
-        carry = Carry(params=model.params, opt_state=tx.init(model.params), step=np.int32(0))
+        conn = self._put_connectors(connectors)
+        carry = Carry(
+            params=model.params,
+            opt_state=tx.init((model.params, conn)),
+            step=np.int32(0),
+            connectors=conn,
+        )
         # Every leaf committed to the device, as the step's outputs will be:
         # otherwise the second step would compile again for the new placement.
         carry = jax.device_put(carry, self.device)
         return JaxState(model, carry, step_fn, loss, teacher, traces)
 
     def train_step(
-        self, state: JaxState, data: JaxData, indices: np.ndarray, lr: float
+        self, state: JaxState, data: JaxData, indices: np.ndarray, lr: float, kd_scale: float = 1.0
     ) -> tuple[JaxState, jax.Array]:
         teacher_params = None if state.teacher is None else state.teacher.params
         state.carry, loss = state.step_fn(
-            state.carry, data.x, data.y, indices, np.float32(lr), state.model.key, teacher_params
+            state.carry,
+            data.x,
+            data.y,
+            indices,
+            np.float32(lr),
+            np.float32(kd_scale),
+            state.model.key,
+            teacher_params,
         )
         state.model.params = state.carry.params  # the old buffers were donated
         return state, loss
+
+    def trained_connectors(self, state: JaxState) -> Weights:
+        return _host(state.carry.connectors)
 
     def trained_model(self, state: JaxState) -> JaxModel:
         return state.model

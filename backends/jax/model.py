@@ -27,14 +27,21 @@ class Net(nn.Module):
 
     dtype is what the layers compute in: bfloat16 for precision = "bf16", flax's
     own mixed precision (dtype=bfloat16 on float32 params, param_dtype); the
-    logits return as float32 for the softmax and the loss."""
+    logits return as float32 for the softmax and the loss.
+
+    taps (layer indices, a static Python tuple) also returns those layers'
+    outputs, float32, for the feature terms: (logits, [features]). Without
+    taps the call is the plain forward, so the plain path traces as before."""
 
     arch: Architecture
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, deterministic: bool = True, taps: tuple[int, ...] = ()
+    ) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
         x = x.astype(self.dtype)
+        tapped: dict[int, jax.Array] = {}
         for index, layer, _, _ in self.arch.walk():
             if isinstance(layer, Dense):
                 x = nn.Dense(
@@ -61,7 +68,11 @@ class Net(nn.Module):
                 x = nn.Dropout(layer.rate)(x, deterministic=deterministic)
             else:  # pragma: no cover - the spec admits no other layer
                 raise TypeError(f"no flax module for layer {layer!r}")
-        return x.astype(jnp.float32)
+            if index in taps:
+                tapped[index] = x.astype(jnp.float32)
+        if not taps:
+            return x.astype(jnp.float32)
+        return x.astype(jnp.float32), [tapped[index] for index in taps]
 
 
 def build_module(arch: Architecture, bf16: bool = False) -> Net:

@@ -3,9 +3,11 @@
 The model is raw tf.Variables and tf.nn ops (see model.py for why not Keras).
 One train step is one tf.function call: it gathers the batch from the
 device-resident split, runs the frozen teacher in inference mode outside the
-gradient tape, and applies the torch-convention optimizer (optim.py). The
-learning rate is a float64 scalar tensor argument and the indices an int32
-tensor of a fixed shape, so the step is traced once per phase.
+gradient tape, and applies the torch-convention optimizer (optim.py) to the
+student and the method's connectors (FitNet's regressors, tf.Variables in the
+same optimizer). The learning rate and the warm-up factor kd_scale are float64
+scalar tensor arguments and the indices an int32 tensor of a fixed shape, so
+the step is traced once per phase.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -32,7 +34,7 @@ from kdbench.backends.base import (  # noqa: E402
     Weights,
 )
 from kdbench.backends.tensorflow import runtime  # noqa: E402
-from kdbench.backends.tensorflow.losses import distill_loss  # noqa: E402
+from kdbench.backends.tensorflow.losses import loss_and_grads_fn  # noqa: E402
 from kdbench.backends.tensorflow.model import (  # noqa: E402
     TFModule,
     build_module,
@@ -67,11 +69,26 @@ class TFState:
     optimizer: Optimizer
     loss: LossConfig
     teacher: TFModel | None
+    connectors: dict[str, tf.Variable] = field(default_factory=dict)  # neutral names
     step: Callable[..., tf.Tensor] | None = None  # the tf.function (or plain fn)
     call: Callable[..., tf.Tensor] | None = None  # how train_step calls it
     # How often the step's Python body ran: once per input shape under
     # tf.function (the tests pin that), once per step in eager mode.
     traces: int = 0
+    # The last kd_scale and its tensor: after the warm-up every step reuses it.
+    kd_scale: tuple[float, tf.Tensor] | None = None
+
+
+def connector_variables(connectors: Weights | None) -> dict[str, tf.Variable]:
+    """The connectors' neutral numpy weights as float32 variables under the same names.
+
+    Their layouts are TF's already (kernel (C_s, C_t) on the channel axis).
+    Created eagerly, before any trace: a tf.function may not create variables.
+    """
+    return {
+        name: tf.Variable(np.asarray(value, np.float32), name=name.replace(".", "_"))
+        for name, value in (connectors or {}).items()
+    }
 
 
 class ByShape:
@@ -176,21 +193,26 @@ class TensorFlowBackend(Backend):
         y: np.ndarray,
         loss: LossConfig,
         teacher: TFModel | None = None,
+        connectors: Weights | None = None,
+        kd_scale: float = 1.0,
     ) -> tuple[float, Weights]:
-        variables = model.module.variables_in_order
+        with tf.device(self.device):
+            conn = connector_variables(connectors)
+        grads_of, _ = loss_and_grads_fn(
+            loss, model.module, teacher.module if teacher else None, conn
+        )
 
-        def grads_of(xb: tf.Tensor, yb: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-            teacher_logits = teacher.module(xb, training=False) if teacher else None
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(variables)
-                value = distill_loss(loss, model.module(xb, training=True), yb, teacher_logits)
-            return value, tape.gradient(value, variables)
+        def run(xb: tf.Tensor, yb: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+            return grads_of(xb, yb, kd_scale)
 
         with tf.device(self.device):
-            value, grads = self._compile(grads_of)(
-                tf.constant(x, tf.float32), tf.constant(y, tf.int32)
-            )
-        return float(value.numpy()), read_grads(model.module, grads, model.names)
+            value, grads = self._compile(run)(tf.constant(x, tf.float32), tf.constant(y, tf.int32))
+        n = len(model.names)
+        out = read_grads(model.module, grads[:n], model.names)
+        out.update(
+            {name: np.array(g.numpy(), np.float32) for name, g in zip(conn, grads[n:], strict=True)}
+        )
+        return float(value.numpy()), out
 
     def init_train(
         self,
@@ -198,24 +220,22 @@ class TensorFlowBackend(Backend):
         optimizer: dict[str, Any],
         loss: LossConfig,
         teacher: TFModel | None = None,
+        connectors: Weights | None = None,
     ) -> TFState:
-        variables = model.module.variables_in_order
         with tf.device(self.device):
+            conn = connector_variables(connectors)
+            grads_of, variables = loss_and_grads_fn(
+                loss, model.module, teacher.module if teacher else None, conn
+            )
             opt = make_optimizer(variables, optimizer)
-        state = TFState(model=model, optimizer=opt, loss=loss, teacher=teacher)
-        student = model.module
-        frozen = teacher.module if teacher is not None else None
+        state = TFState(model=model, optimizer=opt, loss=loss, teacher=teacher, connectors=conn)
 
-        def step(x: tf.Tensor, y: tf.Tensor, indices: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+        def step(
+            x: tf.Tensor, y: tf.Tensor, indices: tf.Tensor, lr: tf.Tensor, kd_scale: tf.Tensor
+        ) -> tf.Tensor:
             state.traces += 1
-            xb = tf.gather(x, indices)
-            yb = tf.gather(y, indices)
-            # The teacher runs before the tape, in inference mode: no dropout, no gradient.
-            teacher_logits = frozen(xb, training=False) if frozen is not None else None
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(variables)
-                value = distill_loss(loss, student(xb, training=True), yb, teacher_logits)
-            opt.apply(tape.gradient(value, variables), variables, lr)
+            value, grads = grads_of(tf.gather(x, indices), tf.gather(y, indices), kd_scale)
+            opt.apply(grads, variables, lr)
             return value
 
         state.step = self._compile(step)
@@ -223,13 +243,20 @@ class TensorFlowBackend(Backend):
         return state
 
     def train_step(
-        self, state: TFState, data: TFData, indices: np.ndarray, lr: float
+        self, state: TFState, data: TFData, indices: np.ndarray, lr: float, kd_scale: float = 1.0
     ) -> tuple[TFState, tf.Tensor]:
         if state.call is None:
             raise RuntimeError("train_step needs a state made by init_train")
         with tf.device(self.device):
-            loss = state.call(data.x, data.y, tf.constant(indices, tf.int32), learning_rate(lr))
+            if state.kd_scale is None or state.kd_scale[0] != kd_scale:
+                state.kd_scale = (kd_scale, tf.constant(kd_scale, tf.float64))
+            loss = state.call(
+                data.x, data.y, tf.constant(indices, tf.int32), learning_rate(lr), state.kd_scale[1]
+            )
         return state, loss
+
+    def trained_connectors(self, state: TFState) -> Weights:
+        return {name: np.array(var.numpy(), np.float32) for name, var in state.connectors.items()}
 
     def trained_model(self, state: TFState) -> TFModel:
         return state.model

@@ -50,7 +50,21 @@ class TFModule(tf.Module):
         return var if self.compute == tf.float32 else tf.cast(var, self.compute)
 
     def __call__(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """The logits (float32)."""
+        return self.forward(x, training)[0]
+
+    def forward(
+        self, x: tf.Tensor, training: bool = False, taps: Sequence[int] = ()
+    ) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """(logits, the outputs of the tapped layers, in the order of taps).
+
+        A tapped feature is the output of layer index in the neutral NHWC
+        layout, float32 whatever the compute dtype (the losses run in float32).
+        Without taps the loop adds nothing to the graph, so plain steps trace as before.
+        """
         h = x if self.compute == tf.float32 else tf.cast(x, self.compute)
+        wanted = set(taps)
+        tapped: dict[int, tf.Tensor] = {}
         for index, layer in enumerate(self.layers):
             if isinstance(layer, Dense):
                 h = tf.matmul(h, self._param(f"{index}.kernel"))
@@ -75,7 +89,10 @@ class TFModule(tf.Module):
                     h = dropout(h, layer.rate, self.rng)
             else:  # pragma: no cover - the spec admits no other layer
                 raise TypeError(f"no tensorflow op for layer {layer!r}")
-        return h if self.compute == tf.float32 else tf.cast(h, tf.float32)
+            if index in wanted:
+                tapped[index] = h if self.compute == tf.float32 else tf.cast(h, tf.float32)
+        logits = h if self.compute == tf.float32 else tf.cast(h, tf.float32)
+        return logits, [tapped[index] for index in taps]
 
 
 def dropout(x: tf.Tensor, rate: float, rng: tf.random.Generator) -> tf.Tensor:

@@ -23,6 +23,7 @@ from kdbench.backends.pytorch.model import (
     read_weights,
 )
 from kdbench.backends.pytorch.optim import make_optimizer, set_lr
+from kdbench.backends.pytorch.step import connector_parameters, feature_loss
 
 
 @dataclass
@@ -147,19 +148,14 @@ class PyTorchBackend(Backend):
             with self._compute():
                 logits = state.model.run(xb)
             return distill_loss(state.loss, logits.float(), yb, teacher_logits, kd_scale=kd_scale)
-        with torch.no_grad(), self._compute():
-            t_logits, t_feats = state.teacher_tapped(xb)
-        with self._compute():
-            logits, s_feats = state.student_tapped(xb)
-        return distill_loss(
+        return feature_loss(
             state.loss,
-            logits.float(),
-            yb,
-            t_logits.float(),
-            [f.float() for f in s_feats],
-            [f.float() for f in t_feats],
+            state.student_tapped,
+            state.teacher_tapped,
             state.connectors,
+            (xb, yb),
             kd_scale,
+            self._compute,
         )
 
     def _teacher_logits(self, teacher: TorchModel | None, xb: torch.Tensor) -> torch.Tensor | None:
@@ -180,11 +176,7 @@ class PyTorchBackend(Backend):
             teacher.module.eval()
             teacher.module.requires_grad_(False)
         model.module.train()
-        # Connectors keep the neutral (in, out) layout: F.linear gets their transpose.
-        params = {
-            name: nn.Parameter(torch.from_numpy(np.array(value, np.float32)).to(self.device))
-            for name, value in (connectors or {}).items()
-        }
+        params = connector_parameters(connectors, self.device)
         opt = make_optimizer([*model.module.parameters(), *params.values()], optimizer)
         state = TorchState(
             model=model, optimizer=opt, loss=loss, teacher=teacher, connectors=params

@@ -34,7 +34,6 @@ from kdbench.backends.base import (  # noqa: E402
     Weights,
 )
 from kdbench.backends.tensorflow import runtime  # noqa: E402
-from kdbench.backends.tensorflow.losses import loss_and_grads_fn  # noqa: E402
 from kdbench.backends.tensorflow.model import (  # noqa: E402
     TFModule,
     build_module,
@@ -43,6 +42,7 @@ from kdbench.backends.tensorflow.model import (  # noqa: E402
     read_weights,
 )
 from kdbench.backends.tensorflow.optim import Optimizer, learning_rate, make_optimizer  # noqa: E402
+from kdbench.backends.tensorflow.step import connector_variables, loss_and_grads_fn  # noqa: E402
 
 COMPILE_MODES = {"default": "tf.function", "compiled": "tf.function+xla", "eager": "eager"}
 
@@ -77,18 +77,6 @@ class TFState:
     traces: int = 0
     # The last kd_scale and its tensor: after the warm-up every step reuses it.
     kd_scale: tuple[float, tf.Tensor] | None = None
-
-
-def connector_variables(connectors: Weights | None) -> dict[str, tf.Variable]:
-    """The connectors' neutral numpy weights as float32 variables under the same names.
-
-    Their layouts are TF's already (kernel (C_s, C_t) on the channel axis).
-    Created eagerly, before any trace: a tf.function may not create variables.
-    """
-    return {
-        name: tf.Variable(np.asarray(value, np.float32), name=name.replace(".", "_"))
-        for name, value in (connectors or {}).items()
-    }
 
 
 class ByShape:

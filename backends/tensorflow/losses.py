@@ -10,18 +10,14 @@ loss (and zeroes the gradient) wherever the teacher is confident.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 
 from kdbench.backends.base import LossConfig
-from kdbench.backends.tensorflow.model import TFModule
 
 MASK = 1000.0  # mdistiller's DKD: the target logit pushed down by this (exp(-1000) is 0)
 FEATURE_TERMS = ("hint", "at")
-
-# (x, y, kd_scale) -> (loss, gradient of every trained variable: student's, then connectors')
-LossAndGrads = Callable[..., tuple[tf.Tensor, list[tf.Tensor]]]
 
 
 def cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -163,50 +159,3 @@ def _feature_term(
         else:
             values.append(at_term(fs, ft, config.at_p))
     return tf.add_n(values)
-
-
-def taps_of(config: LossConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(teacher taps, student taps) the loss reads; none unless a feature term counts."""
-    if any(term in FEATURE_TERMS for term in config.terms()):
-        return config.teacher_taps, config.student_taps
-    return (), ()
-
-
-def loss_and_grads_fn(
-    config: LossConfig,
-    student: TFModule,
-    teacher: TFModule | None,
-    connectors: Mapping[str, tf.Variable],
-) -> tuple[LossAndGrads, list[tf.Variable]]:
-    """One batch's loss and gradients, shared by loss_and_grads and the train step.
-
-    The teacher runs before the tape, in inference mode (no dropout, no
-    gradient), and only where some term reads it; features are tapped only
-    where a feature term counts, so the plain methods trace as they always did.
-    Returns the function and the variables its gradients belong to, in order.
-    """
-    teacher_taps, student_taps = taps_of(config)
-    uses_teacher = any(term != "ce" for term in config.terms())
-    if uses_teacher and teacher is None:
-        raise ValueError(f"method {config.method!r} needs a teacher")
-    variables = [*student.variables_in_order, *connectors.values()]
-
-    def run(
-        xb: tf.Tensor, yb: tf.Tensor, kd_scale: float | tf.Tensor
-    ) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        t_logits, t_feats = None, []
-        if uses_teacher and teacher is not None:
-            t_logits, t_feats = teacher.forward(xb, False, teacher_taps)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(variables)
-            s_logits, s_feats = student.forward(xb, True, student_taps)
-            value = distill_loss(
-                config, s_logits, yb, t_logits, s_feats, t_feats, connectors, kd_scale
-            )
-        grads = tape.gradient(value, variables)
-        # A connector no counted term reads (its weight zero) gets a zero gradient.
-        return value, [
-            tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables, strict=True)
-        ]
-
-    return run, variables

@@ -60,6 +60,9 @@ class LossConfig:
     weights: tuple[tuple[str, float], ...] = ()
     pairs: tuple[tuple[int, int], ...] = ()
     at_p: float = 2.0
+    # ensemble: the members' weights, summing to 1, in the order of the teachers
+    # init_train is given ((): one teacher).
+    ensemble_weights: tuple[float, ...] = ()
 
     def terms(self) -> dict[str, float]:
         """Each term with its weight; terms weighted zero are left out."""
@@ -238,7 +241,10 @@ class Backend(ABC):
         """A training state: the model, its optimizer and the compiled step.
 
         connectors (the neutral weights of loss.method's student-side
-        connectors) train with the student, in its optimizer.
+        connectors) train with the student, in its optimizer. teacher is a
+        model; for method 'ensemble' a list of models (their logits combined
+        as kdbench.methods says, with loss.ensemble_weights); for method
+        'offline' what teacher_table returned, gathered by the step's indices.
 
         optimizer is OptimizerSpec.resolved(): every hyper-parameter named,
         with PyTorch's conventions (momentum buffer v = mu * v + g; Adam's
@@ -259,6 +265,12 @@ class Backend(ABC):
     @abstractmethod
     def trained_connectors(self, state: Any) -> Weights:
         """The connectors' weights in a training state, neutral layouts ({} if none)."""
+
+    @abstractmethod
+    def teacher_table(self, model: Any, data: Any, batch_size: int) -> Any:
+        """The model's inference logits of every sample of data (a put_dataset
+        split), computed in batches of batch_size and kept on the device: the
+        teacher of method 'offline', which then costs a gather per step."""
 
     @abstractmethod
     def trained_model(self, state: Any) -> Any:

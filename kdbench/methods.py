@@ -16,6 +16,9 @@ Terms (every one averaged over the batch):
         attention maps mean_c |f|^p of each pair (summed over pairs)
   tckd  DKD's target-class term: T^2 * KL of the binary (target, rest) split
   nckd  DKD's non-target term: T^2 * KL over the non-target classes
+An ensemble's teacher logits are T * log(sum_k w_k softmax(t_k / T)): softened
+by T they give the weighted mean of the members' softened outputs, so kd
+matches the student to that mean.
 The distillation terms (all but ce) are multiplied by the warm-up factor
 min(epoch / warmup_epochs, 1), epochs counted from 1, as mdistiller's DKD.
 """
@@ -38,6 +41,11 @@ class Method:
     summary: str
     feature: str | None = None  # "hint" or "at": the method pairs taps
     uses_alpha: bool = False  # soft and hard also accept alpha (the old spelling)
+    # Where the distillation target comes from: one teacher run at every step
+    # ("model"), its logits computed once over the training split ("table"),
+    # several teachers ("ensemble"), or an assistant trained from the teacher
+    # first ("chain").
+    teacher: str = "model"
 
 
 METHODS: dict[str, Method] = {
@@ -53,6 +61,27 @@ METHODS: dict[str, Method] = {
         {"ce": 0.1, "hard": 0.9},
         "CE against the teacher's argmax plus CE",
         uses_alpha=True,
+    ),
+    "offline": Method(
+        ("ce", "kd"),
+        {"ce": 0.1, "kd": 0.9},
+        "Hinton KD from the teacher's logits computed once over the training split",
+        uses_alpha=True,
+        teacher="table",
+    ),
+    "ensemble": Method(
+        ("ce", "kd"),
+        {"ce": 0.1, "kd": 0.9},
+        "Hinton KD towards the (weighted) mean of several teachers' softened outputs",
+        uses_alpha=True,
+        teacher="ensemble",
+    ),
+    "assistant": Method(
+        ("ce", "kd"),
+        {"ce": 0.1, "kd": 0.9},
+        "teacher -> assistant -> student (Mirzadeh et al. 2020): Hinton KD on each link",
+        uses_alpha=True,
+        teacher="chain",
     ),
     "fitnet": Method(
         ("ce", "kd", "hint"),
@@ -85,8 +114,8 @@ class FeaturePair:
 
 
 def alpha_weights(method: str, alpha: float) -> dict[str, float]:
-    """soft and hard written the old way: alpha on the distillation term, 1 - alpha on CE."""
-    term = "kd" if method == "soft" else "hard"
+    """Written the old way: alpha on the distillation term, 1 - alpha on CE."""
+    term = "hard" if method == "hard" else "kd"
     return {"ce": 1.0 - alpha, term: alpha}
 
 
@@ -104,8 +133,9 @@ def term_weights(
     if alpha is not None:
         if not info.uses_alpha:
             allowed = ", ".join(f"{t} = {info.defaults[t]:g}" for t in info.terms)
+            takers = ", ".join(m for m in METHODS if METHODS[m].uses_alpha)
             raise ValueError(
-                f"alpha is only for methods soft and hard; method {method!r} takes "
+                f"alpha is only for methods {takers}; method {method!r} takes "
                 f"weights = {{ {allowed} }}"
             )
         return alpha_weights(method, alpha)

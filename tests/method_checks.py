@@ -35,9 +35,14 @@ class MethodCase:
     loss: LossConfig
     connectors: dict[str, np.ndarray]
     data_seed: int = 1
+    teachers: int = 1  # an ensemble's members: the teacher net with other weights
+
+    @property
+    def offline(self) -> bool:
+        return self.loss.method == "offline"
 
 
-def _case(name, method, teacher, student, pairs, weights_, data_seed=1) -> MethodCase:
+def _case(name, method, teacher, student, pairs, weights_, data_seed=1, ensemble=()) -> MethodCase:
     archs = parity_architectures()
     t, s = archs[teacher], archs[student]
     resolved = resolve_pairs(method, pairs, t, s)
@@ -48,9 +53,10 @@ def _case(name, method, teacher, student, pairs, weights_, data_seed=1) -> Metho
         temperature=4.0,
         weights=tuple(weights_.items()),
         pairs=tuple((p.teacher, p.student) for p in resolved),
+        ensemble_weights=tuple(ensemble),
     )
     connectors = init_connectors(shapes, rng_for(0, "connector-init"))
-    return MethodCase(name, t, s, loss, connectors, data_seed)
+    return MethodCase(name, t, s, loss, connectors, data_seed, max(1, len(ensemble)))
 
 
 # Weights are chosen so that every term moves the loss by a visible amount.
@@ -76,6 +82,16 @@ CASES = {
             [("pre_logits", "dense1")],
             {"ce": 1.0, "hint": 2.0},
         ),
+        _case(
+            "ensemble",
+            "ensemble",
+            "cnn-small",
+            "mlp-32",
+            [],
+            {"ce": 0.3, "kd": 0.7},
+            ensemble=(0.5, 0.3, 0.2),
+        ),
+        _case("offline", "offline", "cnn-small", "mlp-32", [], {"ce": 0.3, "kd": 0.7}),
         # Square connector (64 -> 64): a transposed kernel is wrong, not a shape error.
         _case(
             "fitnet-square",
@@ -108,16 +124,37 @@ def _teacher_weights(case: MethodCase) -> dict[str, np.ndarray]:
     return weights(case.teacher, "teacher", scale=2.0)
 
 
+def _members(case: MethodCase) -> list[dict[str, np.ndarray]]:
+    """An ensemble's teachers: the first is the single teacher, the others drawn apart."""
+    others = [weights(case.teacher, f"teacher{k}", scale=2.0) for k in range(1, case.teachers)]
+    return [_teacher_weights(case), *others]
+
+
+def _oracle_teacher(case: MethodCase):
+    if case.teachers > 1:
+        return [(case.teacher, w) for w in _members(case)]
+    return (case.teacher, _teacher_weights(case))
+
+
+def _backend_teacher(backend: Backend, case: MethodCase, data=None):
+    """What init_train is given as the teacher: a model, a list of models, or a table."""
+    models = [backend.build(case.teacher, w) for w in _members(case)]
+    if case.offline:
+        return backend.teacher_table(models[0], data, 32)
+    return models if case.teachers > 1 else models[0]
+
+
 def check_method_grads(backend: Backend, case: MethodCase, kd_scale: float = 0.5) -> dict:
     """Loss and every gradient (student and connectors) against the float64 oracle."""
-    w, tw = weights(case.student), _teacher_weights(case)
+    assert not case.offline, "offline is a table of logits: its trajectory is checked"
+    w = weights(case.student)
     x, y = _batch(case.student)
-    teacher = backend.build(case.teacher, tw)
+    teacher = _backend_teacher(backend, case)
     loss, grads = backend.loss_and_grads(
         backend.build(case.student, w), x, y, case.loss, teacher, dict(case.connectors), kd_scale
     )
     expected_loss, expected = oracle.loss_and_grads(
-        case.student, w, x, y, case.loss, (case.teacher, tw), case.connectors, kd_scale
+        case.student, w, x, y, case.loss, _oracle_teacher(case), case.connectors, kd_scale
     )
     assert_close(np.array(loss), np.array(expected_loss), LOSS_TOL, f"{case.name} loss")
     assert set(grads) == set(expected), f"{case.name}: gradient names {sorted(grads)}"
@@ -153,7 +190,7 @@ def method_trajectory(backend: Backend, case: MethodCase) -> tuple[np.ndarray, d
     """Per-step losses through the real train step, then student + connector weights."""
     run = steps(case)
     data = backend.put_dataset(run.x, run.y)
-    teacher = backend.build(case.teacher, _teacher_weights(case))
+    teacher = _backend_teacher(backend, case, data)
     student = backend.build(case.student, weights(case.student))
     state = backend.init_train(student, run.optimizer, case.loss, teacher, dict(case.connectors))
     losses = []
@@ -180,7 +217,7 @@ def oracle_method_trajectory(case: MethodCase) -> tuple[np.ndarray, dict]:
         list(run.lrs),
         run.optimizer,
         case.loss,
-        (case.teacher, _teacher_weights(case)),
+        _oracle_teacher(case),
         list(run.scales),
     )
 
@@ -195,3 +232,13 @@ def assert_trajectories_match(actual: tuple, expected: tuple, what: str) -> None
     assert set(final) == set(want_final), f"{what}: weight names {sorted(final)}"
     for name in want_final:
         assert_close(final[name], want_final[name], TRAJECTORY_TOL, f"{what}: final {name}")
+
+
+def check_teacher_table(backend: Backend, case: MethodCase) -> None:
+    """The offline table: the teacher's inference logits of every sample, in order."""
+    run = steps(case)
+    data = backend.put_dataset(run.x, run.y)
+    model = backend.build(case.teacher, _teacher_weights(case))
+    table = backend.to_numpy(backend.teacher_table(model, data, 40))  # 96 = 40 + 40 + 16
+    expected = oracle.network.forward(case.teacher, _teacher_weights(case), run.x)
+    assert_close(table, expected, LOSS_TOL, f"{case.name} teacher table")

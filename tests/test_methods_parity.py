@@ -14,6 +14,7 @@ from method_checks import (
     CASES,
     assert_trajectories_match,
     check_method_grads,
+    check_teacher_table,
     method_trajectory,
     oracle_method_trajectory,
 )
@@ -34,9 +35,14 @@ def run_of(name: str, case: str):
 
 
 @pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [c for c in CASES if not CASES[c].offline])
 def test_method_loss_and_grads_match_the_oracle(name: str, case: str) -> None:
     check_method_grads(backend(name), CASES[case])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_offline_teacher_table_is_the_inference_logits(name: str) -> None:
+    check_teacher_table(backend(name), CASES["offline"])
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -116,6 +116,18 @@ def at_term(fs: np.ndarray, ft: np.ndarray, p: float) -> tuple[float, np.ndarray
     return value, g_f
 
 
+def ensemble_logits(
+    teacher_logits: Sequence[np.ndarray], weights: Sequence[float], temperature: float
+) -> np.ndarray:
+    """T * log(sum_k w_k softmax(t_k / T)): softened by T, the weighted mean of
+    the members' softened outputs (kdbench.methods)."""
+    mean = sum(
+        w * np.exp(log_softmax(_f64(t) / temperature))
+        for t, w in zip(teacher_logits, weights, strict=True)
+    )
+    return temperature * np.log(mean)
+
+
 def method_loss(
     config: LossConfig,
     student: np.ndarray,
@@ -185,15 +197,20 @@ def loss_and_grads(
     x: np.ndarray,
     y: np.ndarray,
     config: LossConfig,
-    teacher: tuple[Architecture, dict] | None = None,
+    teacher: tuple[Architecture, dict] | list[tuple[Architecture, dict]] | None = None,
     connectors: dict[str, np.ndarray] | None = None,
     kd_scale: float = 1.0,
 ) -> tuple[float, dict[str, np.ndarray]]:
-    """The loss and the float64 gradient of every student and connector parameter."""
+    """The loss and the float64 gradient of every student and connector parameter.
+
+    teacher: (arch, weights), or a list of them for an ensemble."""
     trace = backward.forward_trace(arch, weights, x)
     s_feats = [trace[i + 1] for i in config.student_taps]
     t_logits, t_feats = None, []
-    if teacher is not None:
+    if isinstance(teacher, list):
+        members = [network.forward(a, w, x) for a, w in teacher]
+        t_logits = ensemble_logits(members, config.ensemble_weights, config.temperature)
+    elif teacher is not None:
         t_trace = backward.forward_trace(teacher[0], teacher[1], x)
         t_logits = t_trace[-1]
         t_feats = [t_trace[i + 1] for i in config.teacher_taps]
@@ -217,7 +234,7 @@ def train(
     lrs: Sequence[float],
     optimizer: dict[str, Any],
     config: LossConfig,
-    teacher: tuple[Architecture, dict],
+    teacher: tuple[Architecture, dict] | list[tuple[Architecture, dict]],
     kd_scales: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A float64 run of a method: per-step losses, then final student + connector weights."""

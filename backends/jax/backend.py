@@ -19,7 +19,7 @@ import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -47,11 +47,13 @@ from kdbench.backends.jax.model import (  # noqa: E402
 )
 from kdbench.backends.jax.optim import make_optimizer  # noqa: E402
 from kdbench.backends.jax.step import (  # noqa: E402
+    TABLE,
     Carry,
     Connectors,
+    TeacherKind,
+    make_teach,
     make_train_step,
     student_objective,
-    teacher_outputs,
 )
 
 
@@ -75,7 +77,7 @@ class JaxState:
     carry: Carry
     step_fn: Callable[..., tuple[Carry, jax.Array]]
     loss: LossConfig
-    teacher: JaxModel | None
+    teacher_arg: Any  # the step's teacher argument: params, a list of params, a table
     traces: list[int] = field(default_factory=lambda: [0])  # times step_fn was traced
 
 
@@ -87,6 +89,22 @@ def _logits(module: Net, params: Params, x: jax.Array, idx: Any) -> jax.Array:
 # The module is static (hashable by its architecture), so models of one
 # architecture share one compiled eval step.
 _logits_jit = jax.jit(_logits, static_argnums=0)
+
+
+def _teacher_parts(
+    teacher: JaxModel | Sequence[JaxModel] | jax.Array | None,
+) -> tuple[TeacherKind, Any]:
+    """What the step is built with (the modules, or TABLE) and what it is given
+    at every call (the params, or the table): a model, an ensemble's list, a table."""
+    if teacher is None:
+        return None, None
+    if isinstance(teacher, JaxModel):
+        return teacher.module, teacher.params
+    if isinstance(teacher, list | tuple):
+        return tuple(m.module for m in teacher), [m.params for m in teacher]
+    if isinstance(teacher, jax.Array):
+        return TABLE, teacher
+    raise TypeError(f"a teacher is a model, a list of models or a teacher_table, not {teacher!r}")
 
 
 def _host(connectors: Connectors) -> Weights:
@@ -185,26 +203,28 @@ class JaxBackend(Backend):
         x: np.ndarray,
         y: np.ndarray,
         loss: LossConfig,
-        teacher: JaxModel | None = None,
+        teacher: JaxModel | Sequence[JaxModel] | None = None,
         connectors: Weights | None = None,
         kd_scale: float = 1.0,
     ) -> tuple[float, Weights]:
         xb = jax.device_put(np.ascontiguousarray(x, dtype=np.float32), self.device)
         yb = jax.device_put(np.asarray(y, dtype=np.int32), self.device)
         module = model.module
-        teacher_module = None if teacher is None else teacher.module
+        kind, teacher_arg = _teacher_parts(teacher)
+        if kind == TABLE:  # its rows are the split's samples, not this batch's
+            raise ValueError("a teacher_table is gathered by train_step's indices; give a model")
+        teach = make_teach(kind, loss)
 
         def grad_fn(
-            trainable: tuple[Params, Connectors], teacher_params: Params | None, scale: jax.Array
+            trainable: tuple[Params, Connectors], teacher_arg: Any, scale: jax.Array
         ) -> tuple[jax.Array, tuple[Params, Connectors]]:
-            teacher_out = teacher_outputs(teacher_module, teacher_params, xb, loss)
+            teacher_out = teach(teacher_arg, xb, None)
             objective = student_objective(module, loss, xb, yb, model.key, teacher_out, scale)
             return jax.value_and_grad(objective)(trainable)
 
         trainable = (model.params, self._put_connectors(connectors))
-        teacher_params = None if teacher is None else teacher.params
         run = jax.jit(grad_fn) if self.jit else grad_fn
-        value, (grads, conn_grads) = run(trainable, teacher_params, np.float32(kd_scale))
+        value, (grads, conn_grads) = run(trainable, teacher_arg, np.float32(kd_scale))
         return float(value), {**read_grads(grads, model.names), **_host(conn_grads)}
 
     def _put_connectors(self, connectors: Weights | None) -> Connectors:
@@ -219,17 +239,17 @@ class JaxBackend(Backend):
         model: JaxModel,
         optimizer: dict[str, Any],
         loss: LossConfig,
-        teacher: JaxModel | None = None,
+        teacher: JaxModel | Sequence[JaxModel] | jax.Array | None = None,
         connectors: Weights | None = None,
     ) -> JaxState:
-        # The teacher is frozen: its params are an argument of the step, not
-        # part of the carry the optimizer updates, and it runs deterministic.
+        # The teacher is frozen: its params (an ensemble's list of them, or the
+        # offline table) are an argument of the step, not part of the carry the
+        # optimizer updates, and it runs deterministic.
         # The connectors train with the student: one optimizer over both.
         tx = make_optimizer(optimizer)
         traces = [0]
-        step = make_train_step(
-            model.module, tx, loss, None if teacher is None else teacher.module, traces
-        )
+        kind, teacher_arg = _teacher_parts(teacher)
+        step = make_train_step(model.module, tx, loss, kind, traces)
         step_fn = jax.jit(step, donate_argnums=0) if self.jit else step
         conn = self._put_connectors(connectors)
         carry = Carry(
@@ -241,12 +261,11 @@ class JaxBackend(Backend):
         # Every leaf committed to the device, as the step's outputs will be:
         # otherwise the second step would compile again for the new placement.
         carry = jax.device_put(carry, self.device)
-        return JaxState(model, carry, step_fn, loss, teacher, traces)
+        return JaxState(model, carry, step_fn, loss, teacher_arg, traces)
 
     def train_step(
         self, state: JaxState, data: JaxData, indices: np.ndarray, lr: float, kd_scale: float = 1.0
     ) -> tuple[JaxState, jax.Array]:
-        teacher_params = None if state.teacher is None else state.teacher.params
         state.carry, loss = state.step_fn(
             state.carry,
             data.x,
@@ -255,13 +274,25 @@ class JaxBackend(Backend):
             np.float32(lr),
             np.float32(kd_scale),
             state.model.key,
-            teacher_params,
+            state.teacher_arg,
         )
         state.model.params = state.carry.params  # the old buffers were donated
         return state, loss
 
     def trained_connectors(self, state: JaxState) -> Weights:
         return _host(state.carry.connectors)
+
+    def teacher_table(self, model: JaxModel, data: JaxData, batch_size: int) -> jax.Array:
+        """Inference logits of every sample, in order, left on the device: the
+        offline step gathers its batch's rows instead of running the teacher."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        n = int(data.x.shape[0])
+        parts = [
+            self._eval(model, data.x, np.arange(start, min(start + batch_size, n), dtype=np.int32))
+            for start in range(0, n, batch_size)
+        ]
+        return jnp.concatenate(parts) if len(parts) != 1 else parts[0]
 
     def trained_model(self, state: JaxState) -> JaxModel:
         return state.model

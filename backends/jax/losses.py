@@ -41,6 +41,30 @@ def kd_term(student: jax.Array, teacher: jax.Array, temp: float) -> jax.Array:
     return (temp * temp) * kl.mean()
 
 
+def ensemble_logits(
+    members: Sequence[jax.Array], weights: Sequence[float], temp: float
+) -> jax.Array:
+    """T * logsumexp_k(log w_k + log_softmax(t_k / T)) = T * log(sum_k w_k softmax(t_k / T)).
+
+    Softened by T these give the weighted mean of the members' softened
+    outputs, so kd against them matches the student to that mean (kdbench.methods).
+    In log space, so a member's tiny probabilities neither underflow nor lose
+    precision; members weighted zero drop out (log 0 would be -inf).
+    """
+    if len(members) != len(weights):
+        raise ValueError(f"{len(members)} ensemble members but {len(weights)} weights")
+    parts = [
+        jax.nn.log_softmax(t / temp, axis=-1) + jnp.log(jnp.float32(w))
+        for t, w in zip(members, weights, strict=True)
+        if w != 0.0
+    ]
+    if not parts:
+        raise ValueError(f"every ensemble weight is zero: {tuple(weights)}")
+    if len(parts) == 1:
+        return temp * parts[0]
+    return temp * jax.nn.logsumexp(jnp.stack(parts), axis=0)
+
+
 def _dkd_parts(logits: jax.Array, onehot: jax.Array, temp: float) -> tuple[jax.Array, ...]:
     """(log p_target, log(1 - p_target), log_softmax without the target) of softmax(z/T).
 

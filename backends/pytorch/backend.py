@@ -13,7 +13,7 @@ from torch import nn
 from kdbench.architectures import Architecture
 from kdbench.backends.base import Backend, BareLoop, Environment, LossConfig, Settings, Weights
 from kdbench.backends.pytorch import runtime
-from kdbench.backends.pytorch.losses import distill_loss
+from kdbench.backends.pytorch.losses import distill_loss, ensemble_logits
 from kdbench.backends.pytorch.model import (
     Tapped,
     as_nchw,
@@ -44,7 +44,9 @@ class TorchState:
     model: TorchModel
     optimizer: torch.optim.Optimizer
     loss: LossConfig
-    teacher: TorchModel | None
+    # One model; a list of them (ensemble); or the offline teacher's logits
+    # over the training split, (samples, classes) on the device.
+    teacher: TorchModel | list[TorchModel] | torch.Tensor | None
     connectors: dict[str, nn.Parameter] = field(default_factory=dict)
     # Feature methods: the student and teacher returning (logits, tapped features).
     student_tapped: Any = None
@@ -115,7 +117,7 @@ class PyTorchBackend(Backend):
         x: np.ndarray,
         y: np.ndarray,
         loss: LossConfig,
-        teacher: TorchModel | None = None,
+        teacher: Any = None,
         connectors: Weights | None = None,
         kd_scale: float = 1.0,
     ) -> tuple[float, Weights]:
@@ -129,14 +131,19 @@ class PyTorchBackend(Backend):
         xb = self._batch(x.astype(np.float32))
         yb = torch.from_numpy(y.astype(np.int64)).to(self.device)
         model.module.zero_grad(set_to_none=True)
-        value = self._loss(state, xb, yb, kd_scale)
+        value = self._loss(state, xb, yb, kd_scale, None)
         value.backward()
         grads = read_grads(model.module, model.names)
         grads.update({k: p.grad.detach().cpu().numpy() for k, p in state.connectors.items()})
         return float(value.detach()), grads
 
     def _loss(
-        self, state: TorchState, xb: torch.Tensor, yb: torch.Tensor, kd_scale: float
+        self,
+        state: TorchState,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        kd_scale: float,
+        idx: torch.Tensor | None,
     ) -> torch.Tensor:
         """The step's loss: logits (and tapped features for feature methods) of
         the student, the frozen teacher's under no_grad, the method's terms."""
@@ -144,7 +151,7 @@ class PyTorchBackend(Backend):
         if not module.training:
             module.train()
         if state.student_tapped is None:
-            teacher_logits = self._teacher_logits(state.teacher, xb)
+            teacher_logits = self._teacher_logits(state.teacher, xb, idx, state.loss)
             with self._compute():
                 logits = state.model.run(xb)
             return distill_loss(state.loss, logits.float(), yb, teacher_logits, kd_scale=kd_scale)
@@ -158,23 +165,50 @@ class PyTorchBackend(Backend):
             self._compute,
         )
 
-    def _teacher_logits(self, teacher: TorchModel | None, xb: torch.Tensor) -> torch.Tensor | None:
+    def _teacher_logits(
+        self,
+        teacher: TorchModel | list[TorchModel] | torch.Tensor | None,
+        xb: torch.Tensor,
+        idx: torch.Tensor | None = None,
+        loss: LossConfig | None = None,
+    ) -> torch.Tensor | None:
         if teacher is None:
             return None
+        if isinstance(teacher, torch.Tensor):
+            if idx is None:
+                raise ValueError(
+                    "an offline teacher's logits are gathered by a train step's indices"
+                )
+            return teacher.index_select(0, idx)
         with torch.no_grad(), self._compute():
+            if isinstance(teacher, list):
+                assert loss is not None
+                members = [m.run(xb).float() for m in teacher]
+                return ensemble_logits(members, loss.ensemble_weights, loss.temperature)
             return teacher.run(xb).float()
+
+    def teacher_table(self, model: TorchModel, data: TorchData, batch_size: int) -> torch.Tensor:
+        model.module.eval()
+        n = data.x.shape[0]
+        with torch.no_grad(), self._compute():
+            parts = [
+                model.run(as_nchw(data.x[start : start + batch_size])).float()
+                for start in range(0, n, batch_size)
+            ]
+        return torch.cat(parts)
 
     def init_train(
         self,
         model: TorchModel,
         optimizer: dict[str, Any],
         loss: LossConfig,
-        teacher: TorchModel | None = None,
+        teacher: Any = None,
         connectors: Weights | None = None,
     ) -> TorchState:
-        if teacher is not None:
-            teacher.module.eval()
-            teacher.module.requires_grad_(False)
+        for member in teacher if isinstance(teacher, list) else [teacher]:
+            if isinstance(member, TorchModel):
+                member.module.eval()
+                member.module.requires_grad_(False)
         model.module.train()
         params = connector_parameters(connectors, self.device)
         opt = make_optimizer([*model.module.parameters(), *params.values()], optimizer)
@@ -203,7 +237,7 @@ class PyTorchBackend(Backend):
         idx = torch.from_numpy(indices).to(self.device, non_blocking=True)
         xb = as_nchw(data.x.index_select(0, idx))
         yb = data.y.index_select(0, idx)
-        loss = self._loss(state, xb, yb, kd_scale)
+        loss = self._loss(state, xb, yb, kd_scale, idx)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         set_lr(state.optimizer, lr)

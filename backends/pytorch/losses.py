@@ -8,6 +8,7 @@ multiplied by kd_scale, the harness's warm-up factor.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -26,6 +27,17 @@ def kd_term(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Ten
         log_target=True,
     )
     return (t * t) * kl
+
+
+def ensemble_logits(
+    members: Sequence[torch.Tensor], weights: Sequence[float], t: float
+) -> torch.Tensor:
+    """T * log(sum_k w_k softmax(t_k / T)), in log space: softened by T, the
+    weighted mean of the members' softened outputs (kdbench.methods)."""
+    logs = [
+        F.log_softmax(m / t, dim=-1) + math.log(w) for m, w in zip(members, weights, strict=True)
+    ]
+    return t * torch.logsumexp(torch.stack(logs), dim=0)
 
 
 def tckd_term(

@@ -3,7 +3,8 @@
 The model is raw tf.Variables and tf.nn ops (see model.py for why not Keras).
 One train step is one tf.function call: it gathers the batch from the
 device-resident split, runs the frozen teacher in inference mode outside the
-gradient tape, and applies the torch-convention optimizer (optim.py) to the
+gradient tape (every member of an ensemble; none for offline, whose logits are
+gathered from teacher_table's device-resident table), and applies the torch-convention optimizer (optim.py) to the
 student and the method's connectors (FitNet's regressors, tf.Variables in the
 same optimizer). The learning rate and the warm-up factor kd_scale are float64
 scalar tensor arguments and the indices an int32 tensor of a fixed shape, so
@@ -63,12 +64,26 @@ class TFData:
     y: tf.Tensor  # int32
 
 
+# What init_train and loss_and_grads take as the teacher: a model, an
+# ensemble's members, or teacher_table's logits (offline).
+Teacher = TFModel | list[TFModel] | tf.Tensor | None
+
+
+def _teacher_modules(teacher: Teacher) -> TFModule | list[TFModule] | None:
+    """The modules that run as the teacher; None for none or for a table."""
+    if isinstance(teacher, TFModel):
+        return teacher.module
+    if isinstance(teacher, list | tuple):
+        return [member.module for member in teacher]
+    return None
+
+
 @dataclass
 class TFState:
     model: TFModel
     optimizer: Optimizer
     loss: LossConfig
-    teacher: TFModel | None
+    teacher: Teacher
     connectors: dict[str, tf.Variable] = field(default_factory=dict)  # neutral names
     step: Callable[..., tf.Tensor] | None = None  # the tf.function (or plain fn)
     call: Callable[..., tf.Tensor] | None = None  # how train_step calls it
@@ -180,18 +195,25 @@ class TensorFlowBackend(Backend):
         x: np.ndarray,
         y: np.ndarray,
         loss: LossConfig,
-        teacher: TFModel | None = None,
+        teacher: Teacher = None,
         connectors: Weights | None = None,
         kd_scale: float = 1.0,
     ) -> tuple[float, Weights]:
+        """A table as the teacher must hold this batch's logits, row for row."""
+        table = teacher if isinstance(teacher, tf.Tensor) else None
+        if table is not None and table.shape[0] != len(x):
+            raise ValueError(
+                f"a teacher table here is the batch's logits: {table.shape[0]} rows "
+                f"for {len(x)} samples"
+            )
         with tf.device(self.device):
             conn = connector_variables(connectors)
         grads_of, _ = loss_and_grads_fn(
-            loss, model.module, teacher.module if teacher else None, conn
+            loss, model.module, _teacher_modules(teacher), conn, table is not None
         )
 
         def run(xb: tf.Tensor, yb: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-            return grads_of(xb, yb, kd_scale)
+            return grads_of(xb, yb, kd_scale, table)
 
         with tf.device(self.device):
             value, grads = self._compile(run)(tf.constant(x, tf.float32), tf.constant(y, tf.int32))
@@ -207,13 +229,15 @@ class TensorFlowBackend(Backend):
         model: TFModel,
         optimizer: dict[str, Any],
         loss: LossConfig,
-        teacher: TFModel | None = None,
+        teacher: Teacher = None,
         connectors: Weights | None = None,
     ) -> TFState:
+        # offline: the table, captured by the step, stands in for a teacher run.
+        table = teacher if isinstance(teacher, tf.Tensor) else None
         with tf.device(self.device):
             conn = connector_variables(connectors)
             grads_of, variables = loss_and_grads_fn(
-                loss, model.module, teacher.module if teacher else None, conn
+                loss, model.module, _teacher_modules(teacher), conn, table is not None
             )
             opt = make_optimizer(variables, optimizer)
         state = TFState(model=model, optimizer=opt, loss=loss, teacher=teacher, connectors=conn)
@@ -222,7 +246,10 @@ class TensorFlowBackend(Backend):
             x: tf.Tensor, y: tf.Tensor, indices: tf.Tensor, lr: tf.Tensor, kd_scale: tf.Tensor
         ) -> tf.Tensor:
             state.traces += 1
-            value, grads = grads_of(tf.gather(x, indices), tf.gather(y, indices), kd_scale)
+            t_logits = None if table is None else tf.gather(table, indices)
+            value, grads = grads_of(
+                tf.gather(x, indices), tf.gather(y, indices), kd_scale, t_logits
+            )
             opt.apply(grads, variables, lr)
             return value
 
@@ -245,6 +272,20 @@ class TensorFlowBackend(Backend):
 
     def trained_connectors(self, state: TFState) -> Weights:
         return {name: np.array(var.numpy(), np.float32) for name, var in state.connectors.items()}
+
+    def teacher_table(self, model: TFModel, data: TFData, batch_size: int) -> tf.Tensor:
+        """Inference logits of every sample, in order, one batch at a time (the
+        compiled inference function takes the ragged last batch without a
+        retrace); concatenated on the device for offline's per-step gather."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        run = self._run_fn(model)
+        n = int(data.x.shape[0])
+        with tf.device(self.device):
+            if n == 0:
+                return tf.zeros((0, model.module.arch.classes), tf.float32)
+            parts = [run(data.x[i : i + batch_size]) for i in range(0, n, batch_size)]
+            return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
 
     def trained_model(self, state: TFState) -> TFModel:
         return state.model

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from kdbench.backends.base import LossConfig
@@ -37,6 +38,21 @@ def kd_term(student: tf.Tensor, teacher: tf.Tensor, temp: float) -> tf.Tensor:
     log_t = tf.nn.log_softmax(teacher / temp, axis=-1)
     kl = tf.reduce_mean(tf.reduce_sum(tf.exp(log_t) * (log_t - log_s), axis=-1))
     return (temp * temp) * kl
+
+
+def ensemble_logits(
+    members: Sequence[tf.Tensor], weights: Sequence[float], temp: float
+) -> tf.Tensor:
+    """T * log(sum_k w_k softmax(t_k / T)): softened by T, the weighted mean of the
+    members' softened outputs (kdbench.methods), so the usual kd term matches it.
+
+    Summed in log space (logsumexp over log w_k + log_softmax(t_k / T)): a
+    member's tiny probabilities neither underflow nor lose their digits.
+    Every weight must be positive (leave zero-weighted members out).
+    """
+    log_w = tf.constant(np.log(np.asarray(weights, np.float64)), tf.float32)[:, None, None]
+    stacked = tf.stack([tf.nn.log_softmax(t / temp, axis=-1) for t in members])
+    return temp * tf.reduce_logsumexp(stacked + log_w, axis=0)
 
 
 def _dkd_parts(

@@ -7,16 +7,16 @@ connectors the step is the plain one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from kdbench.backends.base import LossConfig, Weights
-from kdbench.backends.tensorflow.losses import FEATURE_TERMS, distill_loss
+from kdbench.backends.tensorflow.losses import FEATURE_TERMS, distill_loss, ensemble_logits
 from kdbench.backends.tensorflow.model import TFModule
 
-# (x, y, kd_scale) -> (loss, gradient of every trained variable: student's, then connectors')
+# (x, y, kd_scale[, teacher logits]) -> (loss, gradient of every trained variable: student's, then connectors')
 LossAndGrads = Callable[..., tuple[tf.Tensor, list[tf.Tensor]]]
 
 
@@ -39,31 +39,74 @@ def taps_of(config: LossConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return (), ()
 
 
+def ensemble_members(
+    config: LossConfig, teachers: Sequence[TFModule]
+) -> tuple[list[TFModule], list[float]]:
+    """The members that count and their weights (config.ensemble_weights, in order).
+
+    A zero-weighted member adds nothing to the mean, so it is left out rather
+    than run at every step. Raises ValueError when the counts disagree.
+    """
+    weights = config.ensemble_weights or ((1.0,) if len(teachers) == 1 else ())
+    if len(weights) != len(teachers):
+        raise ValueError(
+            f"an ensemble of {len(teachers)} teacher(s) needs as many ensemble_weights, "
+            f"got {len(weights)}"
+        )
+    kept = [(t, float(w)) for t, w in zip(teachers, weights, strict=True) if w != 0.0]
+    if not kept or any(w < 0.0 for _, w in kept):
+        raise ValueError(f"ensemble_weights {tuple(weights)} must be >= 0, some positive")
+    return [t for t, _ in kept], [w for _, w in kept]
+
+
 def loss_and_grads_fn(
     config: LossConfig,
     student: TFModule,
-    teacher: TFModule | None,
+    teacher: TFModule | Sequence[TFModule] | None,
     connectors: Mapping[str, tf.Variable],
+    logits_given: bool = False,
 ) -> tuple[LossAndGrads, list[tf.Variable]]:
     """One batch's loss and gradients, shared by loss_and_grads and the train step.
 
     The teacher runs before the tape, in inference mode (no dropout, no
     gradient), and only where some term reads it; features are tapped only
     where a feature term counts, so the plain methods trace as they always did.
-    Returns the function and the variables its gradients belong to, in order.
+    teacher may be a list (an ensemble: every member runs, their logits
+    combined by ensemble_logits); with logits_given the caller passes the
+    teacher logits to each call (offline: gathered from a table) and no
+    teacher runs. Returns the function and the variables its gradients belong
+    to, in order.
     """
     teacher_taps, student_taps = taps_of(config)
     uses_teacher = any(term != "ce" for term in config.terms())
-    if uses_teacher and teacher is None:
+    if uses_teacher and teacher is None and not logits_given:
         raise ValueError(f"method {config.method!r} needs a teacher")
+    members: list[TFModule] = []
+    member_weights: list[float] = []
+    if isinstance(teacher, Sequence):
+        if teacher_taps:
+            raise ValueError(f"method {config.method!r} taps features; give one teacher")
+        members, member_weights = ensemble_members(config, teacher)
     variables = [*student.variables_in_order, *connectors.values()]
+    temp = config.temperature
+
+    def teacher_outputs(xb: tf.Tensor) -> tuple[tf.Tensor | None, list[tf.Tensor]]:
+        if not uses_teacher or teacher is None:
+            return None, []
+        if members:
+            logits = [m.forward(xb, False)[0] for m in members]
+            return ensemble_logits(logits, member_weights, temp), []
+        return teacher.forward(xb, False, teacher_taps)  # type: ignore[union-attr]
 
     def run(
-        xb: tf.Tensor, yb: tf.Tensor, kd_scale: float | tf.Tensor
+        xb: tf.Tensor,
+        yb: tf.Tensor,
+        kd_scale: float | tf.Tensor,
+        t_logits: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        t_logits, t_feats = None, []
-        if uses_teacher and teacher is not None:
-            t_logits, t_feats = teacher.forward(xb, False, teacher_taps)
+        t_feats: list[tf.Tensor] = []
+        if t_logits is None:
+            t_logits, t_feats = teacher_outputs(xb)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(variables)
             s_logits, s_feats = student.forward(xb, True, student_taps)

@@ -190,10 +190,30 @@ def _cnn_tiny(classes: int) -> list[Layer]:
     ]
 
 
+def _cnn_mid(classes: int) -> list[Layer]:
+    """Between cnn-small and cnn-tiny: a teacher assistant for the chain method."""
+    return [
+        Conv2D(filters=16, kernel=3),
+        ReLU(),
+        MaxPool(size=2),
+        Conv2D(filters=32, kernel=3),
+        ReLU(),
+        MaxPool(size=2),
+        Flatten(),
+        Dense(units=64),
+        ReLU(),
+        Dense(units=classes),
+    ]
+
+
 ARCHITECTURES: dict[str, tuple[str, Callable[[int], list[Layer]]]] = {
     "cnn-small": (
         "conv3x3(32)-relu-pool2-conv3x3(64)-relu-pool2-dense(256)-relu-dense",
         _cnn_small,
+    ),
+    "cnn-mid": (
+        "conv3x3(16)-relu-pool2-conv3x3(32)-relu-pool2-dense(64)-relu-dense: between the two",
+        _cnn_mid,
     ),
     "cnn-tiny": (
         "conv3x3(8)-relu-pool2-conv3x3(16)-relu-pool2-dense: cnn-small's blocks, thinner",

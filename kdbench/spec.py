@@ -7,15 +7,13 @@ convention; this one is fixed here and documented in the README.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kdbench.architectures import ARCHITECTURES, Architecture, Layer, resolve
 from kdbench.builtins import builtin_files, find_named
@@ -23,11 +21,8 @@ from kdbench.errors import KdbenchError
 from kdbench.methods import METHODS as _METHODS
 from kdbench.methods import FeaturePair, resolve_pairs
 from kdbench.settings import SETTING_NAMES, Settings
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from kdbench.spec_errors import parse_spec
+from kdbench.toml_files import read_toml
 
 DEFAULT_SPEC = "mnist5k"
 METHODS = tuple(_METHODS)
@@ -157,13 +152,19 @@ class DistillSpec(_Strict):
     weights apply.
     """
 
-    method: Literal["none", "soft", "hard", "fitnet", "at", "dkd"]
+    method: Literal[
+        "none", "soft", "hard", "offline", "ensemble", "assistant", "fitnet", "at", "dkd"
+    ]
     temperature: float = Field(4.0, gt=0.0, le=100.0)
     alpha: float = Field(0.9, ge=0.0, le=1.0)
     weights: dict[str, float] | None = None
     pairs: list[PairSpec] = []
     warmup_epochs: int = Field(0, ge=0, le=10_000)
     at_p: float = Field(2.0, gt=0.0, le=8.0)
+    # ensemble: this many teachers, the [teacher] net from independent initial
+    # weights and batch orders, weighted by teacher_weights (default: equal).
+    teachers: int = Field(1, ge=1, le=16)
+    teacher_weights: list[float] | None = None
 
     @model_validator(mode="after")
     def _method_terms(self) -> DistillSpec:
@@ -174,7 +175,27 @@ class DistillSpec(_Strict):
         for term, weight in (self.weights or {}).items():
             if not (0.0 <= weight <= 1e6):
                 raise ValueError(f"weights.{term}: {weight} is not between 0 and 1e6")
+        if self.method == "ensemble" and self.teachers < 2:
+            raise ValueError("teachers: method 'ensemble' needs at least 2 (teachers = 3)")
+        if self.method != "ensemble" and self.teachers != 1:
+            raise ValueError(f"teachers: only method 'ensemble' takes several, not {self.method!r}")
+        if self.teacher_weights is not None:
+            w = self.teacher_weights
+            if self.method != "ensemble" or len(w) != self.teachers:
+                raise ValueError(
+                    "teacher_weights: give one weight per ensemble member "
+                    f"({self.teachers} for teachers = {self.teachers})"
+                )
+            if min(w) < 0 or sum(w) <= 0:
+                raise ValueError("teacher_weights: weights must be >= 0 with a positive sum")
         return self
+
+    def ensemble_weights(self) -> tuple[float, ...]:
+        """The members' weights, summing to 1 (() for one teacher)."""
+        if self.method != "ensemble":
+            return ()
+        raw = self.teacher_weights or [1.0] * self.teachers
+        return tuple(w / sum(raw) for w in raw)
 
     def term_weights(self) -> dict[str, float]:
         from kdbench.methods import term_weights
@@ -186,7 +207,17 @@ class DistillSpec(_Strict):
 # Fields added after specs were first hashed: left out of the hash at their
 # defaults, so every spec written before them keeps its hash (and its cached
 # teachers, resumable runs and baselines).
-_LATER_DEFAULTS = {"distill": {"weights": None, "pairs": [], "warmup_epochs": 0, "at_p": 2.0}}
+_LATER_DEFAULTS = {
+    "distill": {
+        "weights": None,
+        "pairs": [],
+        "warmup_epochs": 0,
+        "at_p": 2.0,
+        "teachers": 1,
+        "teacher_weights": None,
+    },
+    "": {"assistant": None},  # top-level sections
+}
 
 
 class MeasureSpec(Settings):
@@ -209,6 +240,19 @@ class Spec(_Strict):
     student: NetSpec
     distill: DistillSpec
     measure: MeasureSpec = MeasureSpec()
+    # method 'assistant': the middle net of teacher -> assistant -> student.
+    assistant: NetSpec | None = None
+
+    @model_validator(mode="after")
+    def _assistant_for_its_method(self) -> Spec:
+        if self.distill.method == "assistant" and self.assistant is None:
+            raise ValueError(
+                "distill.method 'assistant' needs an [assistant] table (arch, epochs, "
+                "batch_size, optimizer), like [student]"
+            )
+        if self.distill.method != "assistant" and self.assistant is not None:
+            raise ValueError("[assistant] is only for distill.method = 'assistant'; remove it")
+        return self
 
 
 @dataclass(frozen=True)
@@ -221,6 +265,7 @@ class LoadedSpec:
     teacher_arch: Architecture
     student_arch: Architecture
     pairs: tuple[FeaturePair, ...] = ()  # the feature method's taps, as layer indices
+    assistant_arch: Architecture | None = None  # method 'assistant'
 
     @property
     def name(self) -> str:
@@ -231,9 +276,10 @@ def spec_hash(spec: Spec) -> str:
     """Hash of the validated content: comments and key order do not change it."""
     content = spec.model_dump(mode="json")
     for section, defaults in _LATER_DEFAULTS.items():
+        table = content[section] if section else content
         for key, default in defaults.items():
-            if content[section].get(key) == default:
-                del content[section][key]
+            if key in table and table[key] == default:
+                del table[key]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -245,130 +291,6 @@ def builtin_specs() -> dict[str, Path]:
 def find_spec(name_or_path: str) -> Path:
     """A built-in spec by name, or a TOML file by path."""
     return find_named("spec", name_or_path)
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif (
-            item in ("dense", "conv2d", "maxpool", "flatten", "relu", "dropout")
-            and parts
-            and (parts[-1].endswith("]"))
-        ):
-            continue  # pydantic's discriminator tag, not a field
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts) or "(top level)"
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The model class that holds the field at loc, to list its allowed keys."""
-    from kdbench import architectures
-
-    by_tag = {
-        cls.model_fields["type"].default: cls
-        for cls in (
-            architectures.Dense,
-            architectures.Conv2D,
-            architectures.MaxPool,
-            architectures.Flatten,
-            architectures.ReLU,
-            architectures.Dropout,
-        )
-    }
-    model: Any = Spec
-    for item in loc:
-        if isinstance(item, int):
-            continue
-        if item in by_tag:
-            model = by_tag[item]
-        elif isinstance(model, type) and issubclass(model, BaseModel):
-            field = model.model_fields.get(str(item))
-            model = _unwrap(field.annotation) if field else None
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _unwrap(annotation: Any) -> Any:
-    for arg in getattr(annotation, "__args__", ()) or ():
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return annotation
-
-
-def _describe(error: dict[str, Any]) -> str:
-    loc = tuple(error["loc"])
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        holder = _model_at(loc[:-1])
-        if holder is None:  # pragma: no cover - every model in the spec is reachable
-            return f"{_format_loc(loc)}: unknown key"
-        allowed = list(holder.model_fields)
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f" did you mean {close[0]!r}?" if close else ""
-        return f"{_format_loc(loc)}: unknown key;{hint} allowed keys here: {', '.join(allowed)}"
-    if kind == "missing":
-        return f"{_format_loc(loc)}: required field is missing"
-    message = error["msg"].removeprefix("Value error, ")
-    got = error.get("input")
-    shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-    if kind == "union_tag_invalid":
-        return f"{_format_loc(loc)}.type: {message}"
-    return f"{_format_loc(loc)}: {message}{shown}"
-
-
-def parse_spec(data: dict[str, Any], source: str) -> Spec:
-    """Validate raw TOML data; every problem becomes one line naming the field."""
-    try:
-        return Spec.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-        # A misspelt key also makes the real one "missing": report the typo only.
-        misspelt = {tuple(e["loc"][:-1]) for e in errors if e["type"] == "extra_forbidden"}
-        errors = [
-            e for e in errors if not (e["type"] == "missing" and tuple(e["loc"][:-1]) in misspelt)
-        ]
-        lines = [f"{source}: {_describe(err)}" for err in errors]
-        raise KdbenchError("\n".join(lines)) from None
-
-
-MAX_TOML_DEPTH = 16  # a spec nests 4 levels deep (layers in a net in a spec)
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """A TOML file as a dict; unreadable, malformed or absurdly nested files are
-    one-line errors."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise KdbenchError(f"{path}: not valid TOML: {exc}") from None
-    except RecursionError:
-        raise KdbenchError(
-            f"{path}: nested too deeply to read; specs and matrices nest at most "
-            f"{MAX_TOML_DEPTH} levels"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KdbenchError(f"{path}: cannot read the file: {exc}") from None
-    if nesting_depth(data) > MAX_TOML_DEPTH:
-        raise KdbenchError(
-            f"{path}: tables or arrays nested more than {MAX_TOML_DEPTH} levels deep; "
-            "a spec or matrix never needs that many"
-        )
-    return data
-
-
-def nesting_depth(value: Any) -> int:
-    """How deeply tables and arrays nest in value (iteratively: no recursion limit)."""
-    deepest, stack = 0, [(value, 0)]
-    while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
-    return deepest
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -409,6 +331,7 @@ def load_spec(
         teacher_arch=teacher,
         student_arch=student,
         pairs=resolved,
+        assistant_arch=resolve_assistant(spec, where),
     )
 
 
@@ -431,3 +354,23 @@ def resolve_architectures(spec: Spec, source: str) -> tuple[Architecture, Archit
             field = f"{role}.arch" if net.arch else f"{role}.layers"
             raise KdbenchError(f"{source}: {field}: {exc}") from None
     return archs[0], archs[1]
+
+
+def resolve_assistant(spec: Spec, source: str) -> Architecture | None:
+    """The assistant's network checked against the dataset, where the method has one."""
+    from kdbench.datasets import dataset_info
+
+    net = spec.assistant
+    if net is None:
+        return None
+    data = spec.data
+    info = dataset_info(
+        data.dataset,
+        synthetic_shape=tuple(data.shape) if data.shape else (28, 28, 1),
+        synthetic_classes=data.classes or 10,
+    )
+    try:
+        return resolve(net.arch, net.layers, info.shape, info.classes)
+    except ValueError as exc:
+        field = "assistant.arch" if net.arch else "assistant.layers"
+        raise KdbenchError(f"{source}: {field}: {exc}") from None

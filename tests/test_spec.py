@@ -105,8 +105,8 @@ def test_valid_spec_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         ),
         (
             'method = "soft"',
-            'method = "fitnet"',
-            r"distill\.method: Input should be 'none', 'soft' or 'hard' \(got 'fitnet'\)",
+            'method = "fitnets"',
+            r"distill\.method: Input should be 'none', 'soft', 'hard', .* or 'dkd' \(got 'fitnets'\)",
         ),
         (
             '{ name = "adam", lr = 1e-3 }',

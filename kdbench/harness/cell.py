@@ -17,9 +17,11 @@ import numpy as np
 import psutil
 
 from kdbench.backends.base import Backend, Environment, LossConfig, Settings, get_backend
+from kdbench.flops import train_flops
 from kdbench.harness.phases import Cell, Emit, eval_phase, no_emit, predict_all, train_phase
-from kdbench.harness.prepare import PreparedCell, prepare_cell
+from kdbench.harness.prepare import NetStart, PreparedCell, prepare_cell
 from kdbench.harness.probe import matmul_probe
+from kdbench.harness.sources import Target, distillation_target
 from kdbench.harness.teacher_cache import (
     load_cached_teacher,
     save_cached_teacher,
@@ -67,39 +69,50 @@ def put_splits(cell: Cell) -> Splits:
 
 
 def train_teacher(
-    cell: Cell, train: Any, settings: Settings, cache: Path | None
+    cell: Cell, train: Any, settings: Settings, cache: Path | None, member: int = 0
 ) -> tuple[Any, Phase, bool]:
     """The trained teacher, its phase, and whether it came from the cache.
 
     With a cache, the teacher is trained once per key even when cells that
     share it run at once on several workers (Ray, Slurm): the first takes the
-    key's lock and trains; the others wait for it, then load its teacher."""
-    key = teacher_key(cell.prepared.loaded, cell.backend.name, cell.prepared.seed, settings)
+    key's lock and trains; the others wait for it, then load its teacher.
+    member k > 0 is an ensemble's k-th extra teacher."""
+    p = cell.prepared
+    key = teacher_key(p.loaded, cell.backend.name, p.seed, settings, member)
     if cache is None:
-        return _train_teacher(cell, train, None, key)
+        return _train_teacher(cell, train, None, key, member)
     with teacher_lock(cache, key):
-        return _train_teacher(cell, train, cache, key)
+        return _train_teacher(cell, train, cache, key, member)
 
 
-def _train_teacher(cell: Cell, train: Any, cache: Path | None, key: str) -> tuple[Any, Phase, bool]:
+def _train_teacher(
+    cell: Cell, train: Any, cache: Path | None, key: str, member: int
+) -> tuple[Any, Phase, bool]:
     p, backend = cell.prepared, cell.backend
+    name = f"teacher{member}" if member else "teacher"
+    start = (
+        p.extra_nets[name]
+        if member
+        else NetStart(p.teacher_weights, p.teacher_plan, p.teacher_seed)
+    )
     cached = load_cached_teacher(cache, key, lambda m: cell.emit({"warning": m})) if cache else None
     if cached is not None:
         # Trained by an earlier cell with the same teacher; its phase record
         # (timings included) is that cell's, marked as such.
-        cell.emit({"phase": "teacher", "cached": True})
-        teacher = backend.build(p.loaded.teacher_arch, cached[0], seed=p.teacher_seed)
+        cell.emit({"phase": name, "cached": True})
+        teacher = backend.build(p.loaded.teacher_arch, cached[0], seed=start.seed)
         return teacher, cached[1].model_copy(update={"from_cache": True}), True
-    teacher = backend.build(p.loaded.teacher_arch, p.teacher_weights, seed=p.teacher_seed)
+    teacher = backend.build(p.loaded.teacher_arch, start.weights, seed=start.seed)
     state = backend.init_train(teacher, p.teacher_optimizer, LossConfig("none"))
-    state, phase = train_phase(cell, "teacher", p.spec.teacher, state, train, p.teacher_plan)
+    flops = train_flops(p.loaded.teacher_arch) * start.plan.batch_size
+    state, phase = train_phase(cell, name, p.spec.teacher, state, train, start.plan, 0, flops)
     teacher = backend.trained_model(state)
     if cache is not None:
         save_cached_teacher(cache, key, backend.get_weights(teacher), phase)
     return teacher, phase.model_copy(update={"from_cache": False}), False
 
 
-def train_students(cell: Cell, train: Any, teacher: Any) -> tuple[Any, Any, dict[str, Phase]]:
+def train_students(cell: Cell, train: Any, target: Target) -> tuple[Any, Any, dict[str, Phase]]:
     """The scratch student (labels only) and the distilled one, from the same start."""
     p, backend = cell.prepared, cell.backend
     arch, net = p.loaded.student_arch, p.spec.student
@@ -110,10 +123,17 @@ def train_students(cell: Cell, train: Any, teacher: Any) -> tuple[Any, Any, dict
 
     student = backend.build(arch, p.student_weights, seed=p.student_seed)
     state = backend.init_train(
-        student, p.student_optimizer, p.loss, teacher=teacher, connectors=p.connectors
+        student, p.student_optimizer, p.loss, teacher=target.teacher, connectors=p.connectors
     )
     state, distill_phase = train_phase(
-        cell, "distill", net, state, train, p.student_plan, p.spec.distill.warmup_epochs
+        cell,
+        "distill",
+        net,
+        state,
+        train,
+        p.student_plan,
+        p.spec.distill.warmup_epochs,
+        target.distill_flops_per_step,
     )
     return (
         scratch,
@@ -153,22 +173,56 @@ def evaluate(
     cell.emit({"phase": "eval"})
 
     def classes(model: Any, split: Any, n: int) -> np.ndarray:
-        return predict_all(cell, model, split, n, batch)[0].argmax(axis=-1)
+        return predicted_classes(cell, model, split, n)
 
     test_preds = {name: classes(models[name], splits.test, len(data.y_test)) for name in MODELS}
     val_preds = None
     if splits.val is not None:
         val_preds = {name: classes(models[name], splits.val, len(data.y_val)) for name in MODELS}
     eval_batch = min(batch, len(data.y_test))
+    # Inference speed of one teacher (an ensemble's first member).
+    one_teacher = models["teacher"][0] if isinstance(models["teacher"], list) else models["teacher"]
     phases = {
         "eval_teacher": eval_phase(
-            cell, models["teacher"], p.loaded.teacher_arch, splits.test, eval_batch
+            cell, one_teacher, p.loaded.teacher_arch, splits.test, eval_batch
         ),
         "eval_student": eval_phase(
             cell, models["distilled"], p.loaded.student_arch, splits.test, eval_batch
         ),
     }
     return accuracy_metrics(test_preds, data.y_test, val_preds, data.y_val), phases
+
+
+def predicted_classes(cell: Cell, model: Any, split: Any, n: int) -> np.ndarray:
+    """A model's predicted classes; an ensemble's (a list of members) are the
+    argmax of the weighted mean of the members' softmax outputs."""
+    batch = cell.prepared.spec.measure.eval_batch_size
+    if not isinstance(model, list):
+        return predict_all(cell, model, split, n, batch)[0].argmax(axis=-1)
+    weights = cell.prepared.loss.ensemble_weights
+    mean = 0.0
+    for member, weight in zip(model, weights, strict=True):
+        logits = predict_all(cell, member, split, n, batch)[0].astype(np.float64)
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        mean = mean + weight * probs / probs.sum(axis=-1, keepdims=True)
+    return np.asarray(mean).argmax(axis=-1)
+
+
+def extra_accuracies(cell: Cell, splits: Splits, models: dict[str, Any]) -> dict[str, Any]:
+    """Each ensemble member's test accuracy; the assistant's test and validation accuracy."""
+    data = cell.prepared.data
+    out: dict[str, Any] = {}
+
+    def acc(model: Any, split: Any, y: np.ndarray) -> float:
+        return float(np.mean(predicted_classes(cell, model, split, len(y)) == y))
+
+    if isinstance(models["teacher"], list):
+        out["teacher_members_acc"] = [acc(m, splits.test, data.y_test) for m in models["teacher"]]
+    if "assistant" in models:
+        out["assistant_acc"] = acc(models["assistant"], splits.test, data.y_test)
+        if splits.val is not None:
+            out["assistant_val_acc"] = acc(models["assistant"], splits.val, data.y_val)
+    return out
 
 
 def start_backend(name: str, settings: Settings) -> tuple[Backend, float]:
@@ -204,11 +258,19 @@ def run_cell(
     put_dataset_s = time.perf_counter() - t0
 
     teacher, teacher_phase, from_cache = train_teacher(cell, splits.train, settings, teacher_cache)
-    scratch, student, student_phases = train_students(cell, splits.train, teacher)
-    models = {"teacher": teacher, "scratch": scratch, "distilled": student}
+    target = distillation_target(
+        cell,
+        splits.train,
+        teacher,
+        lambda member: train_teacher(cell, splits.train, settings, teacher_cache, member),
+    )
+    scratch, student, student_phases = train_students(cell, splits.train, target)
+    models = {"teacher": target.teacher if prepared.loss.ensemble_weights else teacher}
+    models.update(scratch=scratch, distilled=student, **target.models)
     metrics, eval_phases = evaluate(cell, splits, models)
     metrics = metrics.model_copy(
         update={
+            **extra_accuracies(cell, splits, models),
             "teacher_from_cache": from_cache,
             "teacher_params": loaded.teacher_arch.param_count(),
             "student_params": loaded.student_arch.param_count(),
@@ -218,7 +280,7 @@ def run_cell(
     return CellResult(
         environment=backend.environment(),
         metrics=metrics,
-        phases={"teacher": teacher_phase, **student_phases, **eval_phases},
+        phases={"teacher": teacher_phase, **target.phases, **student_phases, **eval_phases},
         timings=Timings(setup_s=setup_s, data_load_s=data_load_s, put_dataset_s=put_dataset_s),
         probe=probe,
         data=data_info(prepared),

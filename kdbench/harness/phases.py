@@ -53,10 +53,12 @@ def train_phase(
     data: Any,
     plan: BatchPlan,
     warmup_epochs: int = 0,
+    flops_per_step: int | None = None,
 ) -> tuple[Any, Phase]:
     """Train through the whole plan, timing every step from dispatch to sync.
 
-    warmup_epochs ramps the distillation terms' weight up linearly (kdbench.methods)."""
+    warmup_epochs ramps the distillation terms' weight up linearly (kdbench.methods);
+    flops_per_step replaces the usual count where a method changes what a step runs."""
     backend = cell.backend
     lrs = learning_rates(net, plan)
     times = np.empty(plan.total_steps)
@@ -90,7 +92,9 @@ def train_phase(
     t_arch, s_arch = loaded.teacher_arch, loaded.student_arch
     method = loaded.spec.distill.method
     connectors = connector_forward_flops(method, loaded.pairs, t_arch, s_arch)
-    flops = phase_flops_per_step(phase, t_arch, s_arch, plan.batch_size, connectors)
+    flops = flops_per_step or phase_flops_per_step(
+        phase, t_arch, s_arch, plan.batch_size, connectors
+    )
     stats = Phase(
         steps=plan.total_steps,
         samples=plan.total_steps * plan.batch_size,

@@ -14,7 +14,17 @@ from kdbench.datasets import Dataset, load_dataset
 from kdbench.initial_weights import init_weights
 from kdbench.methods import connector_shapes, init_connectors
 from kdbench.plan import BatchPlan, make_plan, rng_for
-from kdbench.spec import LoadedSpec, Spec
+from kdbench.spec import LoadedSpec, NetSpec, Spec
+
+
+@dataclass(frozen=True)
+class NetStart:
+    """Where one more network of a method starts: an ensemble's other teachers,
+    the assistant of a chain."""
+
+    weights: Weights
+    plan: BatchPlan
+    seed: int  # the framework's own dropout stream
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,8 @@ class PreparedCell:
     student_seed: int
     loss: LossConfig  # the distillation loss (the scratch student uses "none")
     connectors: Weights  # the method's student-side connectors (FitNet), else {}
+    # "teacher1", "teacher2"... (ensemble members beyond the first), "assistant"
+    extra_nets: dict[str, NetStart]
     teacher_optimizer: dict[str, Any]
     student_optimizer: dict[str, Any]
 
@@ -89,6 +101,7 @@ def prepare_cell(loaded: LoadedSpec, seed: int, data_dir: str | None = None) -> 
         student_seed=int(dropout[2]),
         loss=loss_config(loaded),
         connectors=init_connectors(shapes, rng_for(seed, "connector-init")),
+        extra_nets=extra_nets(loaded, seed, n_train),
         teacher_optimizer=spec.teacher.optimizer.resolved(),
         student_optimizer=spec.student.optimizer.resolved(),
     )
@@ -104,4 +117,24 @@ def loss_config(loaded: LoadedSpec) -> LossConfig:
         weights=tuple(distill.term_weights().items()),
         pairs=tuple((p.teacher, p.student) for p in loaded.pairs),
         at_p=distill.at_p,
+        ensemble_weights=distill.ensemble_weights(),
     )
+
+
+def extra_nets(loaded: LoadedSpec, seed: int, n_train: int) -> dict[str, NetStart]:
+    """The method's other networks, each from streams of its own (the first
+    teacher keeps the streams it always had, so it stays the cached one)."""
+    spec = loaded.spec
+    nets: dict[str, tuple[Any, NetSpec]] = {}
+    for k in range(1, spec.distill.teachers):
+        nets[f"teacher{k}"] = (loaded.teacher_arch, spec.teacher)
+    if spec.assistant is not None and loaded.assistant_arch is not None:
+        nets["assistant"] = (loaded.assistant_arch, spec.assistant)
+    out = {}
+    for name, (arch, net) in nets.items():
+        out[name] = NetStart(
+            weights=init_weights(arch, rng_for(seed, f"{name}-init")),
+            plan=make_plan(n_train, net.batch_size, net.epochs, rng_for(seed, f"{name}-plan")),
+            seed=int(rng_for(seed, f"{name}-dropout").integers(0, 2**31 - 1)),
+        )
+    return out

@@ -19,9 +19,12 @@ from kdbench.records.store import write_atomic
 from kdbench.spec import LoadedSpec
 
 
-def teacher_key(loaded: LoadedSpec, backend: str, seed: int, settings: Settings) -> str:
+def teacher_key(
+    loaded: LoadedSpec, backend: str, seed: int, settings: Settings, member: int = 0
+) -> str:
     """What determines a trained teacher: its data, its network and training,
-    the seed, the backend and the settings that change numerics (not threads)."""
+    the seed, the backend and the settings that change numerics (not threads);
+    member k > 0 is an ensemble's k-th extra teacher (other weights and batches)."""
     spec = loaded.spec
     content = {
         "data": spec.data.model_dump(mode="json"),
@@ -31,6 +34,8 @@ def teacher_key(loaded: LoadedSpec, backend: str, seed: int, settings: Settings)
         "seed": seed,
         "settings": {k: v for k, v in settings.as_dict().items() if k != "threads"},
     }
+    if member:
+        content["member"] = member
     text = json.dumps(content, sort_keys=True)
     return f"{backend}-seed{seed}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 

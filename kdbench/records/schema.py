@@ -134,6 +134,11 @@ class Metrics(_Part):
     teacher_params: int | None = None
     student_params: int | None = None
     connector_params: int | None = None  # the method's connectors (FitNet), apart from the student
+    # ensemble: every member's test accuracy (teacher_acc is the ensemble's:
+    # the argmax of the weighted mean of the members' softmax outputs)
+    teacher_members_acc: list[float] | None = None
+    assistant_acc: float | None = None  # assistant: the chain's middle link, test split
+    assistant_val_acc: float | None = None
 
 
 class Timings(_Part):

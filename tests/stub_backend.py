@@ -134,6 +134,9 @@ class StubBackend(Backend):
     def trained_connectors(self, state: StubState) -> Weights:
         return {}
 
+    def teacher_table(self, model: Any, data: Any, batch_size: int) -> Any:
+        raise NotImplementedError("the stub distils from its teacher model")
+
     def train_step(
         self, state: StubState, data: Any, indices: np.ndarray, lr: float, kd_scale: float = 1.0
     ) -> tuple[StubState, float]:

@@ -3,8 +3,9 @@
 Bugs a real implementation could have, applied to the PyTorch backend with
 monkeypatch: attention maps left unnormalised, DKD's target class left in the
 non-target softmax, FitNet's connector applied transposed, the warm-up factor
-ignored, the warm-up applied to the label term too, and the connectors left
-out of the optimizer. The same checks hold every backend (test_methods_parity.py).
+ignored, the warm-up applied to the label term too, the connectors left out
+of the optimizer, an ensemble averaging logits instead of probabilities or
+ignoring its members' weights, and the offline table taken in training mode. The same checks hold every backend (test_methods_parity.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from method_checks import (
     CASES,
     assert_trajectories_match,
     check_method_grads,
+    check_teacher_table,
     method_trajectory,
     oracle_method_trajectory,
 )
@@ -106,3 +108,46 @@ def test_connectors_left_out_of_the_optimizer_fail(monkeypatch) -> None:
         assert_trajectories_match(
             method_trajectory(backend("pytorch"), case), oracle_method_trajectory(case), "fitnet"
         )
+
+
+def test_ensemble_averaging_logits_instead_of_probabilities_fails(losses, monkeypatch) -> None:
+    import kdbench.backends.pytorch.backend as torch_backend
+
+    monkeypatch.setattr(
+        torch_backend,
+        "ensemble_logits",
+        lambda members, weights, t: sum(w * m for m, w in zip(members, weights, strict=True)),
+    )
+    with pytest.raises(AssertionError, match="ensemble loss"):
+        check_method_grads(backend("pytorch"), CASES["ensemble"])
+
+
+def test_ensemble_ignoring_the_members_weights_fails(losses, monkeypatch) -> None:
+    import kdbench.backends.pytorch.backend as torch_backend
+
+    real = losses.ensemble_logits
+    monkeypatch.setattr(
+        torch_backend,
+        "ensemble_logits",
+        lambda members, weights, t: real(members, [1 / len(members)] * len(members), t),
+    )
+    with pytest.raises(AssertionError, match="ensemble loss"):
+        check_method_grads(backend("pytorch"), CASES["ensemble"])
+
+
+def test_offline_table_in_training_mode_fails(monkeypatch) -> None:
+    import kdbench.backends.pytorch.backend as torch_backend
+
+    pt = backend("pytorch")
+    real = torch_backend.PyTorchBackend.teacher_table
+
+    def in_training_mode(self, model, data, batch_size):
+        model.module.eval = lambda: model.module.train()  # the table's eval() does nothing
+        try:
+            return real(self, model, data, batch_size)
+        finally:
+            del model.module.eval
+
+    monkeypatch.setattr(torch_backend.PyTorchBackend, "teacher_table", in_training_mode)
+    with pytest.raises(AssertionError, match="offline teacher table"):
+        check_teacher_table(pt)

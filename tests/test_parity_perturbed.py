@@ -65,12 +65,12 @@ def test_forward_check_catches_channel_first_flatten(pt, monkeypatch) -> None:
 
 @needs_torch
 def test_loss_check_catches_missing_temperature_squared(pt, monkeypatch) -> None:
-    def no_t2(config, student, labels, teacher=None):
+    def no_t2(config, student, labels, teacher=None, **kwargs):
         t = config.temperature
         return (
-            distill_loss(config, student, labels, teacher) / (t * t)
+            distill_loss(config, student, labels, teacher, **kwargs) / (t * t)
             if teacher is not None
-            else (distill_loss(config, student, labels, teacher))
+            else (distill_loss(config, student, labels, teacher, **kwargs))
         )
 
     monkeypatch.setattr(torch_backend, "distill_loss", no_t2)
@@ -81,7 +81,7 @@ def test_loss_check_catches_missing_temperature_squared(pt, monkeypatch) -> None
 @needs_torch
 @pytest.mark.filterwarnings("ignore:reduction. .mean. divides")
 def test_loss_check_catches_kl_mean_over_classes(pt, monkeypatch) -> None:
-    def kl_mean(config, student, labels, teacher=None):
+    def kl_mean(config, student, labels, teacher=None, **kwargs):
         t = config.temperature
         kl = F.kl_div(
             F.log_softmax(student / t, -1),

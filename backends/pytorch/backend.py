@@ -42,7 +42,7 @@ class TorchData:
 @dataclass
 class TorchState:
     model: TorchModel
-    optimizer: torch.optim.Optimizer
+    optimizer: Any  # a torch.optim.Optimizer; None in loss_and_grads's state
     loss: LossConfig
     # One model; a list of them (ensemble); or the offline teacher's logits
     # over the training split, (samples, classes) on the device.
@@ -121,13 +121,7 @@ class PyTorchBackend(Backend):
         connectors: Weights | None = None,
         kd_scale: float = 1.0,
     ) -> tuple[float, Weights]:
-        state = self.init_train(
-            model,
-            {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
-            loss,
-            teacher,
-            connectors,
-        )
+        state = self._state(model, loss, teacher, connectors)
         xb = self._batch(x.astype(np.float32))
         yb = torch.from_numpy(y.astype(np.int64)).to(self.device)
         model.module.zero_grad(set_to_none=True)
@@ -205,19 +199,27 @@ class PyTorchBackend(Backend):
         teacher: Any = None,
         connectors: Weights | None = None,
     ) -> TorchState:
+        state = self._state(model, loss, teacher, connectors)
+        params = [*model.module.parameters(), *state.connectors.values()]
+        state.optimizer = make_optimizer(params, optimizer)
+        return state
+
+    def _state(
+        self, model: TorchModel, loss: LossConfig, teacher: Any, connectors: Weights | None
+    ) -> TorchState:
+        """Everything a step needs but the optimizer (loss_and_grads has none)."""
         for member in teacher if isinstance(teacher, list) else [teacher]:
             if isinstance(member, TorchModel):
                 member.module.eval()
                 member.module.requires_grad_(False)
         model.module.train()
         params = connector_parameters(connectors, self.device)
-        opt = make_optimizer([*model.module.parameters(), *params.values()], optimizer)
         state = TorchState(
-            model=model, optimizer=opt, loss=loss, teacher=teacher, connectors=params
+            model=model, optimizer=None, loss=loss, teacher=teacher, connectors=params
         )
         if loss.pairs:
-            if teacher is None:
-                raise ValueError(f"method {loss.method!r} needs a teacher")
+            if not isinstance(teacher, TorchModel):
+                raise ValueError(f"method {loss.method!r} needs one teacher model")
             state.student_tapped = self._tapped(model, loss.student_taps)
             state.teacher_tapped = self._tapped(teacher, loss.teacher_taps)
         return state

@@ -452,8 +452,8 @@ def test_run_cell_trains_each_model_once_from_the_prepared_inputs(
     assert teacher.lrs == [0.1] * 20 and teacher.optimizer["name"] == "sgd"
     assert scratch.lrs == distilled.lrs and scratch.lrs[0] == 0.01 > scratch.lrs[-1]
     assert scratch.optimizer == distilled.optimizer == loaded.spec.student.optimizer.resolved()
-    # The spec's soft loss, its weights spelt out (alpha 0.9: kd 0.9, ce 0.1).
-    assert distilled.loss == LossConfig("soft", 4.0, 0.9, weights=(("ce", 1.0 - 0.9), ("kd", 0.9)))
+    # The spec's soft loss (no alpha given: the reference weights), spelt out.
+    assert distilled.loss == LossConfig("soft", 4.0, 0.9, weights=(("ce", 0.1), ("kd", 0.9)))
     # The two students start from the same initial weights; the teacher from its own.
     assert scratch.model.weights is distilled.model.weights
     assert set(teacher.model.weights) == set(loaded.teacher_arch.param_shapes())

@@ -50,7 +50,8 @@ class _SpecSettings(_Part):
     warmup_steps: int | None = None
     method: str | None = None
     temperature: float | None = None
-    alpha: float | None = None  # the weight of the distillation term
+    alpha: float | None = None  # the weight of the distillation term, where the spec gives it so
+    loss_terms: str | None = None  # the method's weighted terms: "0.1*ce + 0.9*kd"
     compile_mode: str | None = None  # the framework's name for the compile mode in force
 
 

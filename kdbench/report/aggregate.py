@@ -44,8 +44,18 @@ if TYPE_CHECKING:  # compile_modes imports this module
 HARDWARE = ["device", column("host.cpu"), column("host.cpu_count")]
 # settings.* that are no fairness setting of their own: the resolved compile
 # mode is each framework's spelling of settings.compile, and the requested
-# device is replaced by the device the cell actually ran on.
-NOT_FAIRNESS = {column("settings.compile_mode"), column("settings.device")}
+# device is replaced by the device the cell actually ran on. The distillation
+# method and its loss are what a method table compares: they belong to the
+# spec, whose name (and hash where one name has several contents) tells the
+# rows apart, so cells of different methods share a section.
+NOT_FAIRNESS = {
+    column("settings.compile_mode"),
+    column("settings.device"),
+    column("settings.method"),
+    column("settings.temperature"),
+    column("settings.alpha"),
+    column("settings.loss_terms"),
+}
 # Where a cell failed before it chose a device and no cell of its run says which.
 UNKNOWN_DEVICE = "unknown device"
 # The row key inside a section.

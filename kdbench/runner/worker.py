@@ -56,7 +56,10 @@ def base_record(job: CellJob, loaded: LoadedSpec) -> Record:
             "warmup_steps": spec.measure.warmup_steps,
             "method": spec.distill.method,
             "temperature": spec.distill.temperature,
-            "alpha": spec.distill.alpha,
+            "alpha": spec.distill.alpha if spec.distill.weights is None else None,
+            "loss_terms": " + ".join(
+                f"{w:g}*{term}" for term, w in spec.distill.term_weights().items() if w
+            ),
         },
         host=Host(**host_environment(), executor=os.environ.get(EXECUTOR_ENV, "local")),
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

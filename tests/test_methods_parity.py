@@ -12,12 +12,14 @@ import pytest
 from conftest import backend, backend_params
 from method_checks import (
     CASES,
+    GRAD_TOL,
     assert_trajectories_match,
     check_method_grads,
     check_teacher_table,
     method_trajectory,
     oracle_method_trajectory,
 )
+from parity_checks import assert_close
 
 from kdbench.backends.base import is_installed
 
@@ -37,7 +39,24 @@ def run_of(name: str, case: str):
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("case", [c for c in CASES if not CASES[c].offline])
 def test_method_loss_and_grads_match_the_oracle(name: str, case: str) -> None:
-    check_method_grads(backend(name), CASES[case])
+    grads_of(name, case)
+
+
+@cache
+def grads_of(name: str, case: str):
+    return check_method_grads(backend(name), CASES[case])
+
+
+@pytest.mark.parametrize("name", backend_params(exclude=("pytorch",)))
+@pytest.mark.parametrize("case", [c for c in CASES if not CASES[c].offline])
+@pytest.mark.skipif(not is_installed("pytorch"), reason="PyTorch, the reference, is not installed")
+@pytest.mark.torch
+def test_method_grads_match_pytorch(name: str, case: str) -> None:
+    """Every parameter's gradient, connectors included, against PyTorch's."""
+    ours, reference = grads_of(name, case), grads_of("pytorch", case)
+    assert set(ours) == set(reference)
+    for param in reference:
+        assert_close(ours[param], reference[param], GRAD_TOL, f"{name} {case} grad {param}")
 
 
 @pytest.mark.parametrize("name", ALL)

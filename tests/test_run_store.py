@@ -482,3 +482,22 @@ def test_a_stop_request_is_seen_even_if_its_exception_was_swallowed(monkeypatch)
     finally:
         runner.STOP.clear()
     assert started == []
+
+
+def test_more_seeds_for_a_study_go_to_another_folder_and_report_together(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    first, more = tmp_path / "first", tmp_path / "more"
+    assert run_stub(spec, first, "--seeds", "2").returncode == 0
+    added = run_stub(spec, more, "--seeds", "4", "--first-seed", "2")
+    assert added.returncode == 0, added.stderr
+    assert ok_per_cell(more) == {"s/stub/seed2": 1, "s/stub/seed3": 1}
+    # The folder resumes as planned: --resume plans nothing new.
+    again = kdbench("run", "--resume", str(more))
+    assert again.returncode == 0 and "0 of 2 cells to run" in again.stdout
+    report = kdbench("report", str(first), str(more), "--out", str(tmp_path / "rep"))
+    assert report.returncode == 0, report.stderr
+    assert "4/4" in (tmp_path / "rep" / "report.md").read_text()
+    beyond = run_stub(spec, tmp_path / "none", "--seeds", "2", "--first-seed", "2")
+    assert beyond.returncode == 2
+    assert one_line_error(beyond).endswith("its seeds are 0..1 (raise --seeds)")
+    assert not (tmp_path / "none").exists()

@@ -65,6 +65,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--teacher-cache", help="folder of trained teachers shared across runs")
     p.add_argument("--backend", help="comma-separated backends (default: every installed one)")
     p.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default: the spec's)")
+    p.add_argument(
+        "--first-seed",
+        type=int,
+        help="skip the seeds below this one: more seeds for a study in another run folder "
+        "(kdbench report merges runs)",
+    )
     p.add_argument("--out", help="run folder (default: results/runs/<timestamp>)")
     p.add_argument(
         "--env",
@@ -137,6 +143,7 @@ PLANNED = {
     "specs": "specs",
     "matrix": "--matrix",
     "seeds": "--seeds",
+    "first_seed": "--first-seed",
     "out": "--out",
     "teacher_cache": "--teacher-cache",
     "env": "--env",
@@ -171,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         sys.argv,
         envs,
         args.rounds,
+        args.first_seed or 0,
     )
     check_envs(envs, backends)
     options = _executor(matrix.executor, args.executor)

@@ -106,6 +106,7 @@ def plan_run(
     argv: list[str],
     envs: dict[str, str] | None = None,
     rounds: int | None = None,
+    first_seed: int = 0,
 ) -> Plan:
     """Validate every cell and the data it needs; nothing is written.
 
@@ -135,7 +136,13 @@ def plan_run(
     for loaded, combo in expanded:
         measure = loaded.spec.measure
         settings = resolve_settings(measure.settings().as_dict(), combo.runtime, cli_settings)
-        for seed in range(seeds or matrix.seeds or measure.seeds):
+        count = seeds or matrix.seeds or measure.seeds
+        if not 0 <= first_seed < count:
+            raise KdbenchError(
+                f"--first-seed {first_seed} leaves no seed of {loaded.path.name}: its seeds "
+                f"are 0..{count - 1} (raise --seeds)"
+            )
+        for seed in range(first_seed, count):
             for round_, (env, python), backend in _turns(envs or {}, rounds, backends):
                 jobs.append(
                     CellJob(

@@ -113,7 +113,7 @@ CASES = {
 }
 
 
-def _batch(arch: Architecture, n: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def method_batch(arch: Architecture, n: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, *arch.input_shape)).astype(np.float32)
     y = rng.integers(0, arch.classes, size=n).astype(np.int32)
@@ -130,13 +130,13 @@ def _members(case: MethodCase) -> list[dict[str, np.ndarray]]:
     return [_teacher_weights(case), *others]
 
 
-def _oracle_teacher(case: MethodCase):
+def oracle_teacher(case: MethodCase):
     if case.teachers > 1:
         return [(case.teacher, w) for w in _members(case)]
     return (case.teacher, _teacher_weights(case))
 
 
-def _backend_teacher(backend: Backend, case: MethodCase, data=None):
+def backend_teacher(backend: Backend, case: MethodCase, data=None):
     """What init_train is given as the teacher: a model, a list of models, or a table."""
     models = [backend.build(case.teacher, w) for w in _members(case)]
     if case.offline:
@@ -148,13 +148,13 @@ def check_method_grads(backend: Backend, case: MethodCase, kd_scale: float = 0.5
     """Loss and every gradient (student and connectors) against the float64 oracle."""
     assert not case.offline, "offline is a table of logits: its trajectory is checked"
     w = weights(case.student)
-    x, y = _batch(case.student)
-    teacher = _backend_teacher(backend, case)
+    x, y = method_batch(case.student)
+    teacher = backend_teacher(backend, case)
     loss, grads = backend.loss_and_grads(
         backend.build(case.student, w), x, y, case.loss, teacher, dict(case.connectors), kd_scale
     )
     expected_loss, expected = oracle.loss_and_grads(
-        case.student, w, x, y, case.loss, _oracle_teacher(case), case.connectors, kd_scale
+        case.student, w, x, y, case.loss, oracle_teacher(case), case.connectors, kd_scale
     )
     assert_close(np.array(loss), np.array(expected_loss), LOSS_TOL, f"{case.name} loss")
     assert set(grads) == set(expected), f"{case.name}: gradient names {sorted(grads)}"
@@ -190,7 +190,7 @@ def method_trajectory(backend: Backend, case: MethodCase) -> tuple[np.ndarray, d
     """Per-step losses through the real train step, then student + connector weights."""
     run = steps(case)
     data = backend.put_dataset(run.x, run.y)
-    teacher = _backend_teacher(backend, case, data)
+    teacher = backend_teacher(backend, case, data)
     student = backend.build(case.student, weights(case.student))
     state = backend.init_train(student, run.optimizer, case.loss, teacher, dict(case.connectors))
     losses = []
@@ -217,7 +217,7 @@ def oracle_method_trajectory(case: MethodCase) -> tuple[np.ndarray, dict]:
         list(run.lrs),
         run.optimizer,
         case.loss,
-        _oracle_teacher(case),
+        oracle_teacher(case),
         list(run.scales),
     )
 

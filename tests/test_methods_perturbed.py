@@ -4,8 +4,9 @@ Bugs a real implementation could have, applied to the PyTorch backend with
 monkeypatch: attention maps left unnormalised, DKD's target class left in the
 non-target softmax, FitNet's connector applied transposed, the warm-up factor
 ignored, the warm-up applied to the label term too, the connectors left out
-of the optimizer, an ensemble averaging logits instead of probabilities or
-ignoring its members' weights, and the offline table taken in training mode. The same checks hold every backend (test_methods_parity.py).
+of the optimizer, an ensemble averaging logits instead of probabilities,
+summing its members' KD losses instead of matching their mean or ignoring its
+members' weights, and the offline table taken in training mode. The same checks hold every backend (test_methods_parity.py).
 """
 
 from __future__ import annotations
@@ -118,6 +119,33 @@ def test_ensemble_averaging_logits_instead_of_probabilities_fails(losses, monkey
         "ensemble_logits",
         lambda members, weights, t: sum(w * m for m, w in zip(members, weights, strict=True)),
     )
+    with pytest.raises(AssertionError, match="ensemble loss"):
+        check_method_grads(backend("pytorch"), CASES["ensemble"])
+
+
+def test_ensemble_summing_the_members_kd_losses_fails(losses, monkeypatch) -> None:
+    """Sum over members of KL(member || student) instead of KL(mean of members || student)."""
+    import torch.nn.functional as F
+
+    import kdbench.backends.pytorch.backend as torch_backend
+
+    seen: dict = {}
+
+    def keep(members, weights, t):
+        seen["members"] = members
+        return losses.ensemble_logits(members, weights, t)
+
+    def summed(config, student, labels, teacher=None, *args, kd_scale=1.0, **kwargs):
+        terms = config.terms()
+        total = terms["ce"] * F.cross_entropy(student, labels)
+        for member in seen.pop("members"):
+            total = total + kd_scale * terms["kd"] * losses.kd_term(
+                student, member, config.temperature
+            )
+        return total
+
+    monkeypatch.setattr(torch_backend, "ensemble_logits", keep)
+    monkeypatch.setattr(torch_backend, "distill_loss", summed)
     with pytest.raises(AssertionError, match="ensemble loss"):
         check_method_grads(backend("pytorch"), CASES["ensemble"])
 

@@ -43,18 +43,12 @@ if TYPE_CHECKING:  # compile_modes imports this module
 # The hardware a cell ran on: cells on different hardware never share a table.
 HARDWARE = ["device", column("host.cpu"), column("host.cpu_count")]
 # settings.* that are no fairness setting of their own: the resolved compile
-# mode is each framework's spelling of settings.compile, and the requested
-# device is replaced by the device the cell actually ran on. The distillation
-# method and its loss are what a method table compares: they belong to the
-# spec, whose name (and hash where one name has several contents) tells the
-# rows apart, so cells of different methods share a section.
+# mode spells settings.compile, the device the cell ran on replaces the one
+# asked for, and the method and its loss are what a method table compares
+# (spec content: the spec's name, and hash, tell its rows apart).
 NOT_FAIRNESS = {
-    column("settings.compile_mode"),
-    column("settings.device"),
-    column("settings.method"),
-    column("settings.temperature"),
-    column("settings.alpha"),
-    column("settings.loss_terms"),
+    column(f"settings.{name}")
+    for name in ("compile_mode", "device", "method", "temperature", "alpha", "loss_terms")
 }
 # Where a cell failed before it chose a device and no cell of its run says which.
 UNKNOWN_DEVICE = "unknown device"

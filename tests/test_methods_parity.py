@@ -6,6 +6,7 @@ each method on purpose and shows these checks fail."""
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cache
 
 import pytest
@@ -57,6 +58,14 @@ def test_method_grads_match_pytorch(name: str, case: str) -> None:
     assert set(ours) == set(reference)
     for param in reference:
         assert_close(ours[param], reference[param], GRAD_TOL, f"{name} {case} grad {param}")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_an_ensemble_member_weighted_zero_drops_out(name: str) -> None:
+    """A spec may weigh a member 0 (teacher_weights = [0.6, 0.4, 0.0]): log 0 must not reach the loss."""
+    case = CASES["ensemble"]
+    loss = dataclasses.replace(case.loss, ensemble_weights=(0.6, 0.4, 0.0))
+    check_method_grads(backend(name), dataclasses.replace(case, loss=loss))
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -33,9 +33,12 @@ def ensemble_logits(
     members: Sequence[torch.Tensor], weights: Sequence[float], t: float
 ) -> torch.Tensor:
     """T * log(sum_k w_k softmax(t_k / T)), in log space: softened by T, the
-    weighted mean of the members' softened outputs (kdbench.methods)."""
+    weighted mean of the members' softened outputs (kdbench.methods). Members
+    weighted zero drop out (log 0), as in the JAX and TensorFlow backends."""
     logs = [
-        F.log_softmax(m / t, dim=-1) + math.log(w) for m, w in zip(members, weights, strict=True)
+        F.log_softmax(m / t, dim=-1) + math.log(w)
+        for m, w in zip(members, weights, strict=True)
+        if w != 0.0
     ]
     return t * torch.logsumexp(torch.stack(logs), dim=0)
 

@@ -26,8 +26,15 @@ def init_weights(arch: Architecture, rng: np.random.Generator) -> Weights:
         if arch.next_is_relu(index):
             kernel = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape)
         else:
-            limit = np.sqrt(6.0 / (fan_in + fan_out))
-            kernel = rng.uniform(-limit, limit, size=shape)
+            kernel = glorot_uniform(shape, fan_in, fan_out, rng)
         weights[f"{index}.kernel"] = kernel.astype(np.float32)
         weights[f"{index}.bias"] = np.zeros(shapes[f"{index}.bias"], dtype=np.float32)
     return weights
+
+
+def glorot_uniform(
+    shape: tuple[int, ...], fan_in: int, fan_out: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Uniform in +-sqrt(6 / (fan_in + fan_out)) (float64: callers cast)."""
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape)

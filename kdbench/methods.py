@@ -4,7 +4,7 @@ and which features of the two networks it pairs.
 Framework-free: the spec validates against this table, the harness resolves a
 method into a LossConfig (terms, weights, tapped layers, connector shapes),
 and each backend computes exactly those terms. The float64 oracle of every
-term is tests/oracles/losses.py.
+term is tests/oracles/methods.py.
 
 Terms (every one averaged over the batch):
   ce    cross-entropy with the labels
@@ -30,8 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kdbench.architectures import Architecture
-
-TERMS = ("ce", "kd", "hard", "hint", "at", "tckd", "nckd")
+from kdbench.initial_weights import glorot_uniform
 
 
 @dataclass(frozen=True)
@@ -48,40 +47,28 @@ class Method:
     teacher: str = "model"
 
 
+def _hinton(summary: str, teacher: str = "model") -> Method:
+    """Hinton KD's terms and weights (CE 0.1, KD 0.9), from wherever the teacher comes."""
+    return Method(("ce", "kd"), {"ce": 0.1, "kd": 0.9}, summary, uses_alpha=True, teacher=teacher)
+
+
 METHODS: dict[str, Method] = {
     "none": Method(("ce",), {"ce": 1.0}, "labels only (the scratch student)"),
-    "soft": Method(
-        ("ce", "kd"),
-        {"ce": 0.1, "kd": 0.9},
-        "Hinton KD: T^2 KL of softened outputs plus CE",
-        uses_alpha=True,
-    ),
+    "soft": _hinton("Hinton KD: T^2 KL of softened outputs plus CE"),
     "hard": Method(
         ("ce", "hard"),
         {"ce": 0.1, "hard": 0.9},
         "CE against the teacher's argmax plus CE",
         uses_alpha=True,
     ),
-    "offline": Method(
-        ("ce", "kd"),
-        {"ce": 0.1, "kd": 0.9},
-        "Hinton KD from the teacher's logits computed once over the training split",
-        uses_alpha=True,
-        teacher="table",
+    "offline": _hinton(
+        "Hinton KD from the teacher's logits computed once over the training split", "table"
     ),
-    "ensemble": Method(
-        ("ce", "kd"),
-        {"ce": 0.1, "kd": 0.9},
-        "Hinton KD towards the (weighted) mean of several teachers' softened outputs",
-        uses_alpha=True,
-        teacher="ensemble",
+    "ensemble": _hinton(
+        "Hinton KD towards the (weighted) mean of several teachers' softened outputs", "ensemble"
     ),
-    "assistant": Method(
-        ("ce", "kd"),
-        {"ce": 0.1, "kd": 0.9},
-        "teacher -> assistant -> student (Mirzadeh et al. 2020): Hinton KD on each link",
-        uses_alpha=True,
-        teacher="chain",
+    "assistant": _hinton(
+        "teacher -> assistant -> student (Mirzadeh et al. 2020): Hinton KD on each link", "chain"
     ),
     "fitnet": Method(
         ("ce", "kd", "hint"),
@@ -109,8 +96,6 @@ class FeaturePair:
 
     teacher: int  # layer index: the output of this layer is the feature
     student: int
-    teacher_tap: str
-    student_tap: str
 
 
 def alpha_weights(method: str, alpha: float) -> dict[str, float]:
@@ -225,7 +210,7 @@ def resolve_pairs(
                 f"pairs[{k}]: teacher {t_name} {t_shape} and student {s_name} {s_shape} "
                 "must have the same spatial size (the connector maps channels only)"
             )
-        out.append(FeaturePair(ends[0], ends[1], t_name, s_name))
+        out.append(FeaturePair(ends[0], ends[1]))
     return tuple(out)
 
 
@@ -251,15 +236,10 @@ def init_connectors(
     out: dict[str, np.ndarray] = {}
     for name, shape in shapes.items():
         if name.endswith(".kernel"):
-            limit = np.sqrt(6.0 / (shape[0] + shape[1]))
-            out[name] = rng.uniform(-limit, limit, size=shape).astype(np.float32)
+            out[name] = glorot_uniform(shape, shape[0], shape[1], rng).astype(np.float32)
         else:
             out[name] = np.zeros(shape, np.float32)
     return out
-
-
-def connector_params(shapes: dict[str, tuple[int, ...]]) -> int:
-    return int(sum(np.prod(s) for s in shapes.values()))
 
 
 def connector_forward_flops(

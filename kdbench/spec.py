@@ -318,7 +318,7 @@ def load_spec(
         raw = apply_overrides(raw, overrides)
     where = source or str(path)
     spec = parse_spec(raw, where)
-    teacher, student = resolve_architectures(spec, where)
+    teacher, student, assistant = resolve_architectures(spec, where)
     pairs = [(p.teacher, p.student) for p in spec.distill.pairs]
     try:
         resolved = resolve_pairs(spec.distill.method, pairs, teacher, student)
@@ -331,12 +331,15 @@ def load_spec(
         teacher_arch=teacher,
         student_arch=student,
         pairs=resolved,
-        assistant_arch=resolve_assistant(spec, where),
+        assistant_arch=assistant,
     )
 
 
-def resolve_architectures(spec: Spec, source: str) -> tuple[Architecture, Architecture]:
-    """Check both networks against the dataset's shape and class count."""
+def resolve_architectures(
+    spec: Spec, source: str
+) -> tuple[Architecture, Architecture, Architecture | None]:
+    """Check the networks (teacher, student, the assistant where the method has
+    one) against the dataset's shape and class count."""
     from kdbench.datasets import dataset_info
 
     data = spec.data
@@ -345,32 +348,16 @@ def resolve_architectures(spec: Spec, source: str) -> tuple[Architecture, Archit
         synthetic_shape=tuple(data.shape) if data.shape else (28, 28, 1),
         synthetic_classes=data.classes or 10,
     )
-    archs = []
-    for role in ("teacher", "student"):
-        net: NetSpec = getattr(spec, role)
+    archs: dict[str, Architecture | None] = {"assistant": None}
+    for role in ("teacher", "student", "assistant"):
+        net: NetSpec | None = getattr(spec, role)
+        if net is None:
+            continue
         try:
-            archs.append(resolve(net.arch, net.layers, info.shape, info.classes))
+            archs[role] = resolve(net.arch, net.layers, info.shape, info.classes)
         except ValueError as exc:
             field = f"{role}.arch" if net.arch else f"{role}.layers"
             raise KdbenchError(f"{source}: {field}: {exc}") from None
-    return archs[0], archs[1]
-
-
-def resolve_assistant(spec: Spec, source: str) -> Architecture | None:
-    """The assistant's network checked against the dataset, where the method has one."""
-    from kdbench.datasets import dataset_info
-
-    net = spec.assistant
-    if net is None:
-        return None
-    data = spec.data
-    info = dataset_info(
-        data.dataset,
-        synthetic_shape=tuple(data.shape) if data.shape else (28, 28, 1),
-        synthetic_classes=data.classes or 10,
-    )
-    try:
-        return resolve(net.arch, net.layers, info.shape, info.classes)
-    except ValueError as exc:
-        field = "assistant.arch" if net.arch else "assistant.layers"
-        raise KdbenchError(f"{source}: {field}: {exc}") from None
+    teacher, student = archs["teacher"], archs["student"]
+    assert teacher is not None and student is not None
+    return teacher, student, archs["assistant"]

@@ -89,12 +89,11 @@ def train_phase(
         raise FloatingPointError(f"{phase}: the training loss is not finite: {epoch_losses}")
     timing = step_stats(times, cell.warmup, plan.batch_size)
     loaded = cell.prepared.loaded
-    t_arch, s_arch = loaded.teacher_arch, loaded.student_arch
-    method = loaded.spec.distill.method
-    connectors = connector_forward_flops(method, loaded.pairs, t_arch, s_arch)
-    flops = flops_per_step or phase_flops_per_step(
-        phase, t_arch, s_arch, plan.batch_size, connectors
-    )
+    if flops_per_step is None:
+        t_arch, s_arch = loaded.teacher_arch, loaded.student_arch
+        method = loaded.spec.distill.method
+        connectors = connector_forward_flops(method, loaded.pairs, t_arch, s_arch)
+        flops_per_step = phase_flops_per_step(phase, t_arch, s_arch, plan.batch_size, connectors)
     stats = Phase(
         steps=plan.total_steps,
         samples=plan.total_steps * plan.batch_size,
@@ -104,7 +103,7 @@ def train_phase(
         loss_step0=loss0,
         loss_epochs=epoch_losses,
         **timing,
-        **efficiency(flops, timing["step_time_median_s"], cell.peak_flops),
+        **efficiency(flops_per_step, timing["step_time_median_s"], cell.peak_flops),
         device_peak_bytes=backend.peak_memory(),
         host_peak_rss_bytes=host_peak_rss(),
         step_times_s=[round(float(t), 9) for t in times],

@@ -9,84 +9,96 @@ loads weights, never the harness.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from kdbench.cifar_architectures import CIFAR_ARCHITECTURES
+from kdbench.layers import (
+    PARAMETRIC,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    Layer,
+    MaxPool,
+    ReLU,
+    Residual,
+    layer_params,
+    layer_state,
+    output_shape,
+)
 
-
-class _Layer(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class Dense(_Layer):
-    type: Literal["dense"] = "dense"
-    units: int = Field(gt=0, le=1_000_000)
-
-
-class Conv2D(_Layer):
-    """A 2-D convolution; 'same' padding is only allowed at stride 1.
-
-    At stride 1 and an odd kernel 'same' pads symmetrically in every
-    framework; at larger strides TensorFlow pads asymmetrically while
-    PyTorch cannot, so the two would compute different things.
-    """
-
-    type: Literal["conv2d"] = "conv2d"
-    filters: int = Field(gt=0, le=100_000)
-    kernel: int = Field(gt=0, le=15)
-    stride: int = Field(1, gt=0, le=8)
-    padding: Literal["valid", "same"] = "valid"
-
-
-class MaxPool(_Layer):
-    type: Literal["maxpool"] = "maxpool"
-    size: int = Field(2, gt=0, le=8)
-
-
-class Flatten(_Layer):
-    type: Literal["flatten"] = "flatten"
-
-
-class ReLU(_Layer):
-    type: Literal["relu"] = "relu"
-
-
-class Dropout(_Layer):
-    type: Literal["dropout"] = "dropout"
-    rate: float = Field(gt=0.0, lt=1.0)
-
-
-Layer = Annotated[
-    Union[Dense, Conv2D, MaxPool, Flatten, ReLU, Dropout],  # noqa: UP007 (pydantic needs the union)
-    Field(discriminator="type"),
+__all__ = [
+    "ARCHITECTURES",
+    "PARAMETRIC",
+    "Architecture",
+    "BatchNorm",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "GlobalAvgPool",
+    "Layer",
+    "Leaf",
+    "MaxPool",
+    "ReLU",
+    "Residual",
+    "output_shape",
+    "resolve",
 ]
 
-PARAMETRIC = (Dense, Conv2D)
+
+@dataclass(frozen=True)
+class Leaf:
+    """One non-nested layer anywhere in the net: its name prefix ("3." at the
+    top level, "3.body.0." inside a residual block) and its shapes."""
+
+    prefix: str
+    layer: Layer
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """A resolved network: layers plus the shapes they were checked against."""
+    """A resolved network: layers plus the shapes they were checked against.
+
+    init names the initial-weight scheme (kdbench.initial_weights): "he" for
+    kdbench's own nets, "resnet", "wrn" or "vgg" for the reference CIFAR nets.
+    """
 
     name: str
     layers: tuple[Layer, ...]
     input_shape: tuple[int, int, int]
     classes: int
+    init: str = "he"
+
+    def leaves(self) -> Iterator[Leaf]:
+        """Every non-nested layer in order, a residual block's body then its shortcut."""
+        yield from _leaves(self.layers, self.input_shape, "")
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Parameter names and neutral shapes, in layer order."""
-        shapes: dict[str, tuple[int, ...]] = {}
-        for index, layer, in_shape, _ in self.walk():
-            if isinstance(layer, Dense):
-                shapes[f"{index}.kernel"] = (in_shape[-1], layer.units)
-                shapes[f"{index}.bias"] = (layer.units,)
-            elif isinstance(layer, Conv2D):
-                k = layer.kernel
-                shapes[f"{index}.kernel"] = (k, k, in_shape[-1], layer.filters)
-                shapes[f"{index}.bias"] = (layer.filters,)
-        return shapes
+        """Trainable parameter names and neutral shapes, in layer order."""
+        return {
+            leaf.prefix + kind: shape
+            for leaf in self.leaves()
+            for kind, shape in layer_params(leaf.layer, leaf.in_shape).items()
+        }
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """What the net keeps without training it (batch norm's running mean and
+        variance, "3.mean" / "3.var"), in layer order."""
+        return {
+            leaf.prefix + kind: shape
+            for leaf in self.leaves()
+            for kind, shape in layer_state(leaf.layer, leaf.in_shape).items()
+        }
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Everything a trained net is: its parameters, then its state."""
+        return {**self.param_shapes(), **self.state_shapes()}
 
     def param_count(self) -> int:
         total = 0
@@ -98,7 +110,7 @@ class Architecture:
         return total
 
     def walk(self) -> list[tuple[int, Layer, tuple[int, ...], tuple[int, ...]]]:
-        """Each layer with its input and output shape (per sample)."""
+        """Each top-level layer with its input and output shape (per sample)."""
         out: list[tuple[int, Layer, tuple[int, ...], tuple[int, ...]]] = []
         shape: tuple[int, ...] = self.input_shape
         for index, layer in enumerate(self.layers):
@@ -110,39 +122,20 @@ class Architecture:
     def next_is_relu(self, index: int) -> bool:
         return index + 1 < len(self.layers) and isinstance(self.layers[index + 1], ReLU)
 
+    @property
+    def has_batchnorm(self) -> bool:
+        return any(isinstance(leaf.layer, BatchNorm) for leaf in self.leaves())
 
-def output_shape(layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Per-sample output shape; raises ValueError where the layer cannot apply."""
-    if isinstance(layer, Dense):
-        if len(shape) != 1:
-            raise ValueError(f"dense needs a flat input, got shape {shape}: add a flatten layer")
-        return (layer.units,)
-    if isinstance(layer, Conv2D):
-        if len(shape) != 3:
-            raise ValueError(f"conv2d needs an image input (H, W, C), got shape {shape}")
-        if layer.padding == "same" and (layer.stride != 1 or layer.kernel % 2 == 0):
-            raise ValueError("conv2d padding 'same' needs stride 1 and an odd kernel")
-        h, w, _ = shape
-        if layer.padding == "same":
-            return (h, w, layer.filters)
-        oh = (h - layer.kernel) // layer.stride + 1
-        ow = (w - layer.kernel) // layer.stride + 1
-        if oh < 1 or ow < 1:
-            raise ValueError(f"conv2d kernel {layer.kernel} does not fit input {h}x{w}")
-        return (oh, ow, layer.filters)
-    if isinstance(layer, MaxPool):
-        if len(shape) != 3:
-            raise ValueError(f"maxpool needs an image input (H, W, C), got shape {shape}")
-        h, w, c = shape
-        if h < layer.size or w < layer.size:
-            raise ValueError(f"maxpool size {layer.size} does not fit input {h}x{w}")
-        return (h // layer.size, w // layer.size, c)
-    if isinstance(layer, Flatten):
-        size = 1
-        for dim in shape:
-            size *= dim
-        return (size,)
-    return shape
+
+def _leaves(layers: tuple[Layer, ...] | list[Layer], shape: tuple[int, ...], prefix: str):
+    for index, layer in enumerate(layers):
+        out = output_shape(layer, shape)
+        if isinstance(layer, Residual):
+            yield from _leaves(layer.body, shape, f"{prefix}{index}.body.")
+            yield from _leaves(layer.shortcut, shape, f"{prefix}{index}.shortcut.")
+        else:
+            yield Leaf(f"{prefix}{index}.", layer, shape, out)
+        shape = out
 
 
 def _mlp(*hidden: int, dropout: float = 0.0) -> Callable[[int], list[Layer]]:
@@ -206,7 +199,7 @@ def _cnn_mid(classes: int) -> list[Layer]:
     ]
 
 
-ARCHITECTURES: dict[str, tuple[str, Callable[[int], list[Layer]]]] = {
+ARCHITECTURES: dict[str, tuple[str, Callable[..., list[Layer]]]] = {
     "cnn-small": (
         "conv3x3(32)-relu-pool2-conv3x3(64)-relu-pool2-dense(256)-relu-dense",
         _cnn_small,
@@ -228,7 +221,10 @@ ARCHITECTURES: dict[str, tuple[str, Callable[[int], list[Layer]]]] = {
     "mlp-32": ("one hidden dense(32)-relu layer", _mlp(32)),
     "mlp-16": ("one hidden dense(16)-relu layer", _mlp(16)),
     "linear": ("softmax regression: flatten-dense", _mlp()),
+    **{name: (text, build) for name, (text, build, _) in CIFAR_ARCHITECTURES.items()},
 }
+# The initial-weight scheme of each named net (kdbench.initial_weights); "he" if absent.
+INIT_SCHEMES = {name: scheme for name, (_, _, scheme) in CIFAR_ARCHITECTURES.items()}
 
 
 def resolve(
@@ -236,8 +232,11 @@ def resolve(
     layers: list[Layer] | None,
     input_shape: tuple[int, int, int],
     classes: int,
+    width: float = 1.0,
 ) -> Architecture:
     """A named or inline architecture, checked against the data's shapes.
+
+    width scales a CIFAR net's channels (its name gains "-w<width>").
 
     Raises ValueError naming what is wrong; the spec layer turns it into a
     one-line error with the file and the field.
@@ -245,13 +244,27 @@ def resolve(
     if name is not None:
         if name not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {name!r}; allowed: {', '.join(ARCHITECTURES)}")
-        built = ARCHITECTURES[name][1](classes)
+        if width != 1.0:
+            if name not in CIFAR_ARCHITECTURES:
+                raise ValueError(f"width scales the CIFAR nets only, not {name!r}")
+            built = ARCHITECTURES[name][1](classes, width)
+        else:
+            built = ARCHITECTURES[name][1](classes)
     elif layers is not None:
         built = list(layers)
         name = "inline"
     else:
         raise ValueError("give a named architecture or a list of layers")
-    arch = Architecture(name=name, layers=tuple(built), input_shape=input_shape, classes=classes)
+    base = name
+    if width != 1.0:
+        name = f"{name}-w{width:g}"
+    arch = Architecture(
+        name=name,
+        layers=tuple(built),
+        input_shape=input_shape,
+        classes=classes,
+        init=INIT_SCHEMES.get(base, "he"),
+    )
     shape: tuple[int, ...] = input_shape
     for index, layer in enumerate(arch.layers):
         try:

@@ -1,7 +1,7 @@
 """FLOPs per step from one analytic formula, the same for every backend.
 
 A multiply-add counts as 2 FLOPs; only dense and convolution layers are
-counted (elementwise ops, pooling and the loss are negligible next to them
+counted (elementwise ops, batch norm, pooling, residual sums and the loss are negligible next to them
 and are counted differently by every profiler). The backward pass counts as
 twice the forward (gradients with respect to inputs and to weights), the
 usual convention, so a training step is 3x the forward.
@@ -15,11 +15,12 @@ from kdbench.architectures import Architecture, Conv2D, Dense
 def forward_flops(arch: Architecture) -> int:
     """FLOPs of one sample's forward pass."""
     total = 0
-    for _, layer, in_shape, out_shape in arch.walk():
+    for leaf in arch.leaves():  # inside residual blocks too
+        layer, in_shape = leaf.layer, leaf.in_shape
         if isinstance(layer, Dense):
             total += 2 * in_shape[-1] * layer.units
         elif isinstance(layer, Conv2D):
-            oh, ow, cout = out_shape
+            oh, ow, cout = leaf.out_shape
             total += 2 * oh * ow * layer.kernel * layer.kernel * in_shape[-1] * cout
     return total
 

@@ -140,8 +140,13 @@ def taps(arch: Architecture) -> dict[str, int]:
 
     conv<k>: the k-th convolution's block (after its ReLU, and its max-pool if
     one follows); dense<k>: the k-th hidden dense layer after its ReLU;
-    pre_logits: the input of the logit layer.
+    pre_logits: the input of the logit layer. Nets with batch norm (the CIFAR
+    nets) name stages instead: stage<k> is the last layer at the k-th spatial
+    size, the end of a ResNet stage or of a VGG block before its pool, as
+    RepDistiller's feature lists take them.
     """
+    if arch.has_batchnorm:
+        return _stage_taps(arch)
     found: dict[str, int] = {}
     layers = arch.layers
     convs = denses = 0
@@ -161,6 +166,20 @@ def taps(arch: Architecture) -> dict[str, int]:
             found[f"dense{denses}"] = end
     found["pre_logits"] = len(layers) - 2
     return {name: index for name, index in found.items() if index >= 0}
+
+
+def _stage_taps(arch: Architecture) -> dict[str, int]:
+    walk = arch.walk()
+    ends: list[int] = []
+    for index, _, _, out in walk[:-1]:
+        if len(out) != 3:
+            break
+        after = walk[index + 1][3]
+        if len(after) != 3 or after[:2] != out[:2]:
+            ends.append(index)
+    found = {f"stage{k}": index for k, index in enumerate(ends, start=1)}
+    found["pre_logits"] = len(arch.layers) - 2
+    return found
 
 
 def tap_shape(arch: Architecture, index: int) -> tuple[int, ...]:

@@ -129,3 +129,38 @@ def test_learning_rate_schedules() -> None:
     assert np.all(np.diff(cosine) < 0) and cosine[-1] > 0
     step = learning_rates(_net({"name": "step", "every_epochs": 2, "gamma": 0.5}), plan)
     np.testing.assert_allclose(step, [0.1] * 10 + [0.05] * 10)
+
+
+def test_multistep_schedule_follows_pytorchs_multisteplr() -> None:
+    """RepDistiller's recipe: x0.1 at epochs 150, 180, 210 of 240, as
+    torch.optim.lr_scheduler.MultiStepLR steps it once per epoch."""
+    net = NetSpec.model_validate(
+        {
+            "arch": "mlp-16",
+            "epochs": 8,
+            "batch_size": 10,
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "schedule": {"name": "multistep", "milestones": [3, 5, 6]},
+        }
+    )
+    plan = make_plan(20, 10, 8, rng_for(0, "plan"))
+    lrs = learning_rates(net, plan)
+    per_epoch = lrs.reshape(8, 2)
+    assert (per_epoch[:, 0] == per_epoch[:, 1]).all()
+    np.testing.assert_allclose(
+        per_epoch[:, 0], 0.05 * np.array([1, 1, 1, 0.1, 0.1, 0.01, 0.001, 0.001])
+    )
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ({"name": "multistep"}, "needs milestones"),
+        ({"name": "multistep", "milestones": [5, 3]}, "increasing"),
+        ({"name": "cosine", "milestones": [3]}, "multistep' only"),
+    ],
+)
+def test_bad_multistep_schedules_are_refused(schedule: dict, message: str) -> None:
+    net = {"arch": "mlp-16", "epochs": 8, "batch_size": 10, "optimizer": {"name": "sgd", "lr": 0.1}}
+    with pytest.raises(ValueError, match=message):
+        NetSpec.model_validate({**net, "schedule": schedule})

@@ -211,7 +211,7 @@ def loss_and_grads(
         members = [network.forward(a, w, x) for a, w in teacher]
         t_logits = ensemble_logits(members, config.ensemble_weights, config.temperature)
     elif teacher is not None:
-        t_trace = backward.forward_trace(teacher[0], teacher[1], x)
+        t_trace = backward.forward_trace(teacher[0], teacher[1], x, train=False)
         t_logits = t_trace[-1]
         t_feats = [t_trace[i + 1] for i in config.teacher_taps]
     loss, g_logits, g_feats, g_conn = method_loss(
@@ -246,7 +246,9 @@ def train(
         student = {k: current[k] for k in weights}
         conn = {k: current[k] for k in connectors}
         loss, grads = loss_and_grads(arch, student, x[idx], y[idx], config, teacher, conn, scale)
-        current = opt.step(current, grads, float(lr))
+        stats = backward.running_stats(arch, student, x[idx])  # batch norm's
+        trainable = {k: v for k, v in current.items() if k not in stats}
+        current = {**opt.step(trainable, grads, float(lr)), **stats}
         losses.append(loss)
     return np.array(losses), current
 

@@ -1,6 +1,7 @@
 """A float64 numpy oracle of the optimizers, in PyTorch's conventions.
 
-SGD: g += wd * p; v = mu * v + g (v = g at the first step); p -= lr * v, or
+SGD: g += wd * p (every parameter, or with decay = "kernels" only names
+ending in ".kernel"); v = mu * v + g (v = g at the first step); p -= lr * v, or
 p -= lr * (g + mu * v) with Nesterov. Adam: g += wd * p; m and v moments with
 bias correction; p -= lr * m_hat / (sqrt(v_hat) + eps). Keras folds lr into
 the momentum buffer and puts Adam's eps on sqrt(v) instead; those differ as
@@ -28,7 +29,8 @@ class ReferenceOptimizer:
         out = {}
         for name, p in weights.items():
             p = p.astype(np.float64)
-            g = grads[name].astype(np.float64) + c["weight_decay"] * p
+            decays = c.get("decay", "all") == "all" or name.endswith(".kernel")
+            g = grads[name].astype(np.float64) + (c["weight_decay"] * p if decays else 0.0)
             s = self.state.setdefault(name, {})
             if c["name"] == "sgd":
                 mu = c["momentum"]

@@ -27,6 +27,7 @@ from kdbench.errors import KdbenchError
 from kdbench.settings import Settings
 
 __all__ = [
+    "Augment",
     "Backend",
     "BareLoop",
     "Environment",
@@ -87,6 +88,27 @@ class LossConfig:
     @property
     def student_taps(self) -> tuple[int, ...]:
         return tuple(s for _, s in self.pairs)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random crop with zero padding and random horizontal flip, applied on the
+    device inside the train step (RepDistiller's RandomCrop(32, padding=4) and
+    RandomHorizontalFlip).
+
+    The harness draws the per-sample parameters (kdbench.plan.draw_crops) and
+    gives each step an int32 array crops of shape (batch, 3): row b is (dy, dx,
+    flip). The step gathers x[indices], pads pad pixels on each side of H and W
+    with fill (per channel: a black pixel after normalisation, -mean / std, as
+    the reference pads before it normalises), takes the H x W window at (dy,
+    dx) of each padded image, and mirrors the W axis of the rows whose flip is
+    1. The teacher sees the same augmented batch as the student. Every
+    framework produces the very same pixels (copies only, no arithmetic).
+    """
+
+    pad: int
+    flip: bool
+    fill: tuple[float, ...]
 
 
 # The record keeps these three at its top level; the rest is its environment block.
@@ -237,8 +259,12 @@ class Backend(ABC):
         loss: LossConfig,
         teacher: Any | None = None,
         connectors: Weights | None = None,
+        augment: Augment | None = None,
     ) -> Any:
         """A training state: the model, its optimizer and the compiled step.
+
+        augment: every train_step of this state augments its batch (see
+        Augment) with the crops it is given.
 
         connectors (the neutral weights of loss.method's student-side
         connectors) train with the student, in its optimizer. teacher is a
@@ -255,12 +281,27 @@ class Backend(ABC):
 
     @abstractmethod
     def train_step(
-        self, state: Any, data: Any, indices: np.ndarray, lr: float, kd_scale: float = 1.0
+        self,
+        state: Any,
+        data: Any,
+        indices: np.ndarray,
+        lr: float,
+        kd_scale: float = 1.0,
+        crops: np.ndarray | None = None,
     ) -> tuple[Any, Any]:
         """One step on the batch data[indices]; returns (state, loss handle).
 
         kd_scale multiplies every distillation term (all but ce): the
-        harness's warm-up factor for this step."""
+        harness's warm-up factor for this step. crops: the augmentation of
+        this batch, int32 (batch, 3), given exactly when init_train had an
+        Augment."""
+
+    @abstractmethod
+    def augmented_batch(
+        self, data: Any, indices: np.ndarray, augment: Augment, crops: np.ndarray
+    ) -> np.ndarray:
+        """The batch a train step with this augmentation sees, as numpy (the
+        same on-device code the step runs): for the parity tests."""
 
     @abstractmethod
     def trained_connectors(self, state: Any) -> Weights:

@@ -28,6 +28,12 @@ class BatchPlan:
     """Index arrays for every step: epochs x steps_per_epoch x batch_size."""
 
     indices: np.ndarray  # int32, (epochs, steps_per_epoch, batch_size)
+    # The augmentation of every sample of every step: int32 (epochs,
+    # steps_per_epoch, batch_size, 3), rows (dy, dx, flip); None: none.
+    crops: np.ndarray | None = None
+
+    def step_crops(self, epoch: int, batch: int) -> np.ndarray | None:
+        return None if self.crops is None else self.crops[epoch, batch]
 
     @property
     def epochs(self) -> int:
@@ -58,6 +64,17 @@ def make_plan(n_train: int, batch_size: int, epochs: int, rng: np.random.Generat
     return BatchPlan(np.stack(rows).reshape(epochs, steps, batch_size).astype(np.int32))
 
 
+def with_crops(plan: BatchPlan, pad: int, flip: bool, rng: np.random.Generator) -> BatchPlan:
+    """The plan with a crop offset in [0, 2 * pad] per axis and, if flip, a
+    coin per sample for every step: the same draws for every framework."""
+    shape = plan.indices.shape
+    crops = np.zeros((*shape, 3), dtype=np.int32)
+    crops[..., :2] = rng.integers(0, 2 * pad + 1, size=(*shape, 2))
+    if flip:
+        crops[..., 2] = rng.integers(0, 2, size=shape)
+    return BatchPlan(plan.indices, crops)
+
+
 def learning_rates(net: NetSpec, plan: BatchPlan) -> np.ndarray:
     """The learning rate of every step, float64, one entry per step."""
     base = net.optimizer.lr
@@ -69,6 +86,10 @@ def learning_rates(net: NetSpec, plan: BatchPlan) -> np.ndarray:
         return base * 0.5 * (1.0 + np.cos(math.pi * steps / plan.total_steps))
     epoch = steps // plan.steps_per_epoch
     gamma = 0.1 if schedule.gamma is None else schedule.gamma
+    if schedule.name == "multistep":
+        # PyTorch's MultiStepLR: epoch e (from 0) runs at base * gamma^(milestones <= e).
+        passed = np.searchsorted(np.asarray(schedule.milestones), epoch, side="right")
+        return base * gamma**passed
     if schedule.every_epochs is None:  # the spec refuses this; a guard for direct callers
         raise ValueError("schedule 'step' needs every_epochs")
     return base * gamma ** (epoch // schedule.every_epochs)

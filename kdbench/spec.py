@@ -13,23 +13,57 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from kdbench.architectures import ARCHITECTURES, Architecture, Layer, resolve
+from kdbench.architectures import Architecture, resolve
 from kdbench.builtins import builtin_files, find_named
 from kdbench.errors import KdbenchError
 from kdbench.methods import METHODS as _METHODS
 from kdbench.methods import FeaturePair, resolve_pairs
 from kdbench.settings import SETTING_NAMES, Settings
 from kdbench.spec_errors import parse_spec
+from kdbench.spec_nets import (
+    NetSpec,
+    OptimizerSpec,
+    ScheduleSpec,
+    Strict,
+    drop_later_net_defaults,
+)
 from kdbench.toml_files import read_toml
 
 DEFAULT_SPEC = "mnist5k"
 METHODS = tuple(_METHODS)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+_Strict = Strict
+__all__ = [
+    "DEFAULT_SPEC",
+    "DistillSpec",
+    "LoadedSpec",
+    "NetSpec",
+    "OptimizerSpec",
+    "ScheduleSpec",
+    "Spec",
+    "load_spec",
+]
+
+
+_DIGITS = ("mnist5k", "digits", "mnist")
+
+
+class AugmentSpec(_Strict):
+    """Training-time augmentation, the CIFAR recipe's: a random crop of the
+    image padded by crop_padding pixels per side, and a random horizontal flip
+    (never for digits or letters, which a mirror changes)."""
+
+    crop_padding: int = Field(0, ge=0, le=16)
+    flip: bool = False
+
+    @model_validator(mode="after")
+    def _something(self) -> AugmentSpec:
+        if self.crop_padding == 0 and not self.flip:
+            raise ValueError("augment does nothing: give crop_padding > 0 or flip = true")
+        return self
 
 
 class DataSpec(_Strict):
@@ -43,6 +77,16 @@ class DataSpec(_Strict):
     samples: int | None = Field(None, gt=0, description="synthetic only: number of samples")
     shape: list[int] | None = Field(None, min_length=3, max_length=3)
     classes: int | None = Field(None, ge=2, le=10_000)
+    augment: AugmentSpec | None = None
+
+    @model_validator(mode="after")
+    def _no_mirrored_digits(self) -> DataSpec:
+        if self.augment is not None and self.augment.flip and self.dataset in _DIGITS:
+            raise ValueError(
+                f"augment.flip: a mirrored digit is another symbol; set flip = false for "
+                f"{self.dataset!r} (crop_padding alone is fine)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _synthetic_fields(self) -> DataSpec:
@@ -51,86 +95,6 @@ class DataSpec(_Strict):
             raise ValueError(f"{given[0]} is for dataset 'synthetic' only")
         if self.shape is not None and any(d <= 0 for d in self.shape):
             raise ValueError("shape must be three positive integers [height, width, channels]")
-        return self
-
-
-class OptimizerSpec(_Strict):
-    name: Literal["sgd", "adam"]
-    lr: float = Field(gt=0.0, le=10.0)
-    momentum: float | None = Field(None, ge=0.0, lt=1.0, description="sgd only, default 0.9")
-    nesterov: bool | None = Field(None, description="sgd only, default false")
-    beta1: float | None = Field(None, ge=0.0, lt=1.0, description="adam only, default 0.9")
-    beta2: float | None = Field(None, ge=0.0, lt=1.0, description="adam only, default 0.999")
-    eps: float | None = Field(None, gt=0.0, le=1.0, description="adam only, default 1e-8")
-    weight_decay: float = Field(0.0, ge=0.0, lt=1.0, description="L2 added to the gradient")
-
-    @model_validator(mode="after")
-    def _fields_of_this_optimizer(self) -> OptimizerSpec:
-        own = {"sgd": ("momentum", "nesterov"), "adam": ("beta1", "beta2", "eps")}
-        for other, fields in own.items():
-            if other == self.name:
-                continue
-            for field in fields:
-                if getattr(self, field) is not None:
-                    raise ValueError(f"{field} applies to optimizer {other!r}, not {self.name!r}")
-        return self
-
-    def resolved(self) -> dict[str, Any]:
-        """Every hyper-parameter with its default filled in, for the backends."""
-        if self.name == "sgd":
-            return {
-                "name": "sgd",
-                "momentum": 0.9 if self.momentum is None else self.momentum,
-                "nesterov": bool(self.nesterov),
-                "weight_decay": self.weight_decay,
-            }
-        return {
-            "name": "adam",
-            "beta1": 0.9 if self.beta1 is None else self.beta1,
-            "beta2": 0.999 if self.beta2 is None else self.beta2,
-            "eps": 1e-8 if self.eps is None else self.eps,
-            "weight_decay": self.weight_decay,
-        }
-
-
-class ScheduleSpec(_Strict):
-    name: Literal["constant", "cosine", "step"] = "constant"
-    every_epochs: int | None = Field(None, gt=0, description="step only")
-    gamma: float | None = Field(None, gt=0.0, le=1.0, description="step only, default 0.1")
-
-    @model_validator(mode="after")
-    def _step_fields(self) -> ScheduleSpec:
-        if self.name != "step" and (self.every_epochs is not None or self.gamma is not None):
-            raise ValueError("every_epochs and gamma apply to schedule 'step' only")
-        if self.name == "step" and self.every_epochs is None:
-            raise ValueError("schedule 'step' needs every_epochs")
-        return self
-
-
-class NetSpec(_Strict):
-    """One network and how it is trained."""
-
-    arch: str | None = None
-    layers: list[Layer] | None = None
-    epochs: int = Field(gt=0, le=10_000)
-    batch_size: int = Field(gt=0, le=65_536)
-    optimizer: OptimizerSpec
-    schedule: ScheduleSpec = ScheduleSpec()
-
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, value: str | None) -> str | None:
-        if value is not None and value not in ARCHITECTURES:
-            raise ValueError(
-                f"unknown architecture {value!r}; allowed: {', '.join(ARCHITECTURES)} "
-                "(or give inline layers instead of arch)"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _arch_xor_layers(self) -> NetSpec:
-        if (self.arch is None) == (self.layers is None):
-            raise ValueError("give exactly one of arch (a named architecture) or layers (inline)")
         return self
 
 
@@ -216,6 +180,8 @@ _LATER_DEFAULTS = {
         "teachers": 1,
         "teacher_weights": None,
     },
+    "data": {"augment": None},
+    "measure": {"best_epoch": False},
     "": {"assistant": None},  # top-level sections
 }
 
@@ -226,6 +192,10 @@ class MeasureSpec(Settings):
     warmup_steps: int = Field(5, ge=1, le=10_000)
     eval_batch_size: int = Field(1000, gt=0, le=65_536)
     seeds: int = Field(3, ge=1, le=100)
+    # Also report each student's test accuracy at the epoch of its best
+    # validation accuracy (evaluated after every epoch, outside the step clock);
+    # the last epoch's stays the headline. Never chosen on the test split.
+    best_epoch: bool = False
 
     def settings(self) -> Settings:
         """The runtime settings part, as the spec gives it (unresolved)."""
@@ -252,6 +222,19 @@ class Spec(_Strict):
             )
         if self.distill.method != "assistant" and self.assistant is not None:
             raise ValueError("[assistant] is only for distill.method = 'assistant'; remove it")
+        for role in ("student", "assistant"):
+            net = getattr(self, role)
+            if net is not None and (net.shared_from or net.checkpoint):
+                raise ValueError(f"{role}: shared_from and checkpoint are for [teacher] only")
+        if self.teacher.checkpoint and self.distill.method == "ensemble":
+            raise ValueError(
+                "teacher.checkpoint: one file is one teacher; method 'ensemble' trains several"
+            )
+        if self.distill.method == "offline" and self.data.augment is not None:
+            raise ValueError(
+                "data.augment: method 'offline' computes the teacher's logits once, on "
+                "unaugmented images; remove augment or use method 'soft'"
+            )
         return self
 
 
@@ -266,20 +249,28 @@ class LoadedSpec:
     student_arch: Architecture
     pairs: tuple[FeaturePair, ...] = ()  # the feature method's taps, as layer indices
     assistant_arch: Architecture | None = None  # method 'assistant'
+    teacher_checkpoint: Path | None = None  # teacher.checkpoint, resolved and checked
 
     @property
     def name(self) -> str:
         return self.spec.name
 
 
-def spec_hash(spec: Spec) -> str:
-    """Hash of the validated content: comments and key order do not change it."""
+def spec_hash(spec: Spec, checkpoint_digest: str | None = None) -> str:
+    """Hash of the validated content: comments and key order do not change it.
+
+    A teacher checkpoint counts by its content (checkpoint_digest), not its path."""
     content = spec.model_dump(mode="json")
+    if checkpoint_digest is not None:
+        content["teacher"]["checkpoint"] = f"sha256:{checkpoint_digest}"
     for section, defaults in _LATER_DEFAULTS.items():
         table = content[section] if section else content
         for key, default in defaults.items():
             if key in table and table[key] == default:
                 del table[key]
+    for net in ("teacher", "student", "assistant"):
+        if content.get(net):
+            drop_later_net_defaults(content[net])
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -324,15 +315,43 @@ def load_spec(
         resolved = resolve_pairs(spec.distill.method, pairs, teacher, student)
     except ValueError as exc:
         raise KdbenchError(f"{where}: distill.{exc}") from None
+    checkpoint, digest = _teacher_checkpoint(spec, path, teacher, where)
     return LoadedSpec(
         spec=spec,
         path=path,
-        content_hash=spec_hash(spec),
+        content_hash=spec_hash(spec, digest),
+        teacher_checkpoint=checkpoint,
         teacher_arch=teacher,
         student_arch=student,
         pairs=resolved,
         assistant_arch=assistant,
     )
+
+
+def _teacher_checkpoint(
+    spec: Spec, path: Path, teacher: Architecture, where: str
+) -> tuple[Path | None, str | None]:
+    """teacher.checkpoint resolved against the spec's folder, checked to hold
+    this teacher (architecture, input, classes), and its content digest."""
+    from kdbench.checkpoint import file_digest, read_metadata
+
+    if spec.teacher.checkpoint is None:
+        return None, None
+    file = Path(spec.teacher.checkpoint).expanduser()
+    if not file.is_absolute():
+        file = (path.parent / file).resolve()
+    if not file.is_file():
+        raise KdbenchError(
+            f"{where}: teacher.checkpoint: no file {file} (paths are relative to the spec's "
+            "folder; make one with kdbench export-teacher)"
+        )
+    meta = read_metadata(file)
+    if meta.get("arch") != teacher.name:
+        raise KdbenchError(
+            f"{where}: teacher.checkpoint: {file} holds a {meta.get('arch')}, "
+            f"but teacher.arch is {teacher.name}"
+        )
+    return file, file_digest(file)
 
 
 def resolve_architectures(
@@ -354,7 +373,7 @@ def resolve_architectures(
         if net is None:
             continue
         try:
-            archs[role] = resolve(net.arch, net.layers, info.shape, info.classes)
+            archs[role] = resolve(net.arch, net.layers, info.shape, info.classes, net.width)
         except ValueError as exc:
             field = f"{role}.arch" if net.arch else f"{role}.layers"
             raise KdbenchError(f"{source}: {field}: {exc}") from None

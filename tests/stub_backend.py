@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from oracles.augment import augment_batch
 
 from kdbench.architectures import Architecture
-from kdbench.backends.base import Backend, Environment, LossConfig, Settings, Weights
+from kdbench.backends.base import Augment, Backend, Environment, LossConfig, Settings, Weights
 
 
 def fake_environment(**facts: Any) -> Environment:
@@ -59,6 +60,7 @@ class StubModel:
 class StubState:
     model: StubModel
     loss: LossConfig
+    augment: Augment | None = None
     losses: list[float] = field(default_factory=list)
 
 
@@ -128,8 +130,9 @@ class StubBackend(Backend):
         loss: LossConfig,
         teacher: StubModel | None = None,
         connectors: Weights | None = None,
+        augment: Augment | None = None,
     ) -> StubState:
-        return StubState(model, loss)
+        return StubState(model, loss, augment)
 
     def trained_connectors(self, state: StubState) -> Weights:
         return {}
@@ -137,10 +140,23 @@ class StubBackend(Backend):
     def teacher_table(self, model: Any, data: Any, batch_size: int) -> Any:
         raise NotImplementedError("the stub distils from its teacher model")
 
+    def augmented_batch(
+        self, data: Any, indices: np.ndarray, augment: Augment, crops: np.ndarray
+    ) -> np.ndarray:
+        return augment_batch(data[0][indices], augment, crops)
+
     def train_step(
-        self, state: StubState, data: Any, indices: np.ndarray, lr: float, kd_scale: float = 1.0
+        self,
+        state: StubState,
+        data: Any,
+        indices: np.ndarray,
+        lr: float,
+        kd_scale: float = 1.0,
+        crops: np.ndarray | None = None,
     ) -> tuple[StubState, float]:
         x, y = data
+        if (crops is None) != (state.augment is None):
+            raise ValueError("crops are given exactly when init_train had an Augment")
         if state.model.steps == 0 and _fails(_cell_seed()):
             raise RuntimeError("the stub backend fails this seed on purpose")
         full = os.environ.get("KDBENCH_STUB_DISK_FULL")
@@ -150,7 +166,8 @@ class StubBackend(Backend):
         delay = float(os.environ.get("KDBENCH_STUB_STEP_S", "0"))
         if delay:
             time.sleep(delay)
-        logits = x[indices] @ state.model.projection
+        batch = x[indices] if crops is None else augment_batch(x[indices], state.augment, crops)
+        logits = batch @ state.model.projection
         state.model.projection -= np.float32(lr * 1e-3) * np.sign(state.model.projection)
         state.model.steps += 1
         loss = float(np.mean(np.abs(logits)) / (1 + state.model.steps))

@@ -303,8 +303,10 @@ class StubBackend(Backend):
         loss: LossConfig,
         teacher: StubModel | None = None,
         connectors: Weights | None = None,
+        augment: Any = None,
     ) -> StubState:
         assert not connectors, "soft distillation has no connectors"
+        assert augment is None, "the spec does not augment"
         if teacher is not None:
             assert teacher.role == "teacher" and teacher.steps > 0, "an untrained teacher"
             assert loss.method == "soft"
@@ -321,6 +323,9 @@ class StubBackend(Backend):
     def teacher_table(self, model: Any, data: Any, batch_size: int) -> Any:
         raise NotImplementedError("the stub distils from its teacher model")
 
+    def augmented_batch(self, *args: Any) -> np.ndarray:
+        raise NotImplementedError("the spec does not augment")
+
     def train_step(
         self,
         state: StubState,
@@ -328,8 +333,10 @@ class StubBackend(Backend):
         indices: np.ndarray,
         lr: float,
         kd_scale: float = 1.0,
+        crops: np.ndarray | None = None,
     ) -> tuple[StubState, float]:
         assert kd_scale == 1.0, "no warm-up in this spec"
+        assert crops is None, "the spec does not augment"
         assert indices.dtype == np.int32 and indices.max() < len(data.y)
         state.lrs.append(float(lr))
         return state, 1.0 / len(state.lrs)  # loss 1, 1/2, 1/3, ...

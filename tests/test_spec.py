@@ -212,6 +212,7 @@ def test_defaults_are_filled_in(tmp_path: Path) -> None:
         "momentum": 0.9,
         "nesterov": False,
         "weight_decay": 0.0,
+        "decay": "all",
     }
     assert spec.student.optimizer.resolved()["eps"] == 1e-8
     assert spec.measure.warmup_steps >= 1 and spec.measure.compile == "default"

@@ -1,10 +1,11 @@
 """The JAX backend: flax.linen + optax, one jax.jit train step per phase.
 
 Why linen and not nnx: a linen module is a pure function of an explicit
-params pytree, so the whole training state (params, connectors, optimizer state, step
-counter) is one pytree that jax.jit takes, donates and returns; nothing is
-split from or merged back into Python objects on each call, which nnx.jit
-does (or which one would do by hand with nnx.split/merge around jax.jit).
+params pytree, so the whole training state (params, connectors, optimizer
+state, step counter, batch norm's running statistics) is one pytree that
+jax.jit takes, donates and returns; nothing is split from or merged back
+into Python objects on each call, which nnx.jit does (or which one would do
+by hand with nnx.split/merge around jax.jit).
 The jitted step stays the leanest form JAX offers, and the step a reader
 sees is plain jax.
 
@@ -29,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from kdbench.architectures import Architecture  # noqa: E402
 from kdbench.backends.base import (  # noqa: E402
+    Augment,
     Backend,
     BareLoop,
     Environment,
@@ -37,6 +39,7 @@ from kdbench.backends.base import (  # noqa: E402
     Weights,
 )
 from kdbench.backends.jax import runtime  # noqa: E402
+from kdbench.backends.jax.augment import gather_augmented, gather_augmented_jit  # noqa: E402
 from kdbench.backends.jax.model import (  # noqa: E402
     Net,
     Params,
@@ -44,6 +47,7 @@ from kdbench.backends.jax.model import (  # noqa: E402
     load_weights,
     read_grads,
     read_weights,
+    variables,
 )
 from kdbench.backends.jax.optim import make_optimizer  # noqa: E402
 from kdbench.backends.jax.step import (  # noqa: E402
@@ -61,8 +65,15 @@ from kdbench.backends.jax.step import (  # noqa: E402
 class JaxModel:
     module: Net
     params: Params  # kept current by train_step, as torch updates a module in place
-    names: list[str]
+    names: list[str]  # the trainable parameters' neutral names
     key: jax.Array  # the root of this model's dropout stream (build's seed)
+    batch_stats: Params = field(default_factory=dict)  # running statistics ({}: no batch norm)
+    state_names: list[str] = field(default_factory=list)  # their neutral names
+
+    @property
+    def variables(self) -> dict[str, Params]:
+        """What module.apply takes: the params, and the batch_stats where there are any."""
+        return variables(self.params, self.batch_stats)
 
 
 @dataclass
@@ -77,13 +88,15 @@ class JaxState:
     carry: Carry
     step_fn: Callable[..., tuple[Carry, jax.Array]]
     loss: LossConfig
-    teacher_arg: Any  # the step's teacher argument: params, a list of params, a table
+    teacher_arg: Any  # the step's teacher argument: variables, a list of them, a table
     traces: list[int] = field(default_factory=lambda: [0])  # times step_fn was traced
+    augment: Augment | None = None  # every step's batch is augmented with its crops
 
 
-def _logits(module: Net, params: Params, x: jax.Array, idx: Any) -> jax.Array:
-    """Inference logits of the batch x[idx], gathered on the device."""
-    return module.apply({"params": params}, x[idx], deterministic=True)
+def _logits(module: Net, variables: dict[str, Params], x: jax.Array, idx: Any) -> jax.Array:
+    """Inference logits of the batch x[idx], gathered on the device (batch norm
+    on its running statistics)."""
+    return module.apply(variables, x[idx], deterministic=True)
 
 
 # The module is static (hashable by its architecture), so models of one
@@ -95,13 +108,13 @@ def _teacher_parts(
     teacher: JaxModel | Sequence[JaxModel] | jax.Array | None,
 ) -> tuple[TeacherKind, Any]:
     """What the step is built with (the modules, or TABLE) and what it is given
-    at every call (the params, or the table): a model, an ensemble's list, a table."""
+    at every call (the variables, or the table): a model, an ensemble's list, a table."""
     if teacher is None:
         return None, None
     if isinstance(teacher, JaxModel):
-        return teacher.module, teacher.params
+        return teacher.module, teacher.variables
     if isinstance(teacher, list | tuple):
-        return tuple(m.module for m in teacher), [m.params for m in teacher]
+        return tuple(m.module for m in teacher), [m.variables for m in teacher]
     if isinstance(teacher, jax.Array):
         return TABLE, teacher
     raise TypeError(f"a teacher is a model, a list of models or a teacher_table, not {teacher!r}")
@@ -118,7 +131,7 @@ def _arrays(handle: Any) -> Any:
     if isinstance(handle, JaxState):
         return handle.carry
     if isinstance(handle, JaxModel):
-        return handle.params
+        return handle.variables
     if isinstance(handle, JaxData):
         return (handle.x, handle.y)
     return handle
@@ -167,16 +180,27 @@ class JaxBackend(Backend):
 
     def build(self, arch: Architecture, weights: Weights, seed: int = 0) -> JaxModel:
         module = build_module(arch, self.settings.bf16)
-        params = load_weights(module, weights, self.device)
+        params, stats = load_weights(module, weights, self.device)
         key = jax.device_put(jax.random.key(seed), self.device)
-        return JaxModel(module=module, params=params, names=list(arch.param_shapes()), key=key)
+        return JaxModel(
+            module=module,
+            params=params,
+            names=list(arch.param_shapes()),
+            key=key,
+            batch_stats=stats,
+            state_names=list(arch.state_shapes()),
+        )
 
     def get_weights(self, model: JaxModel) -> Weights:
-        return read_weights(model.params, model.names)
+        """The parameters, then batch norm's running statistics (arch.weight_shapes())."""
+        return {
+            **read_weights(model.params, model.names),
+            **read_weights(model.batch_stats, model.state_names),
+        }
 
     def _eval(self, model: JaxModel, x: jax.Array, idx: Any) -> jax.Array:
         run = _logits_jit if self.jit else _logits
-        return run(model.module, model.params, x, idx)
+        return run(model.module, model.variables, x, idx)
 
     def forward(self, model: JaxModel, x: np.ndarray) -> np.ndarray:
         xb = jax.device_put(np.ascontiguousarray(x, dtype=np.float32), self.device)
@@ -189,7 +213,7 @@ class JaxBackend(Backend):
         """
         xb = jax.device_put(np.ascontiguousarray(x, dtype=np.float32), self.device)
         idx = np.arange(len(x), dtype=np.int32)
-        compiled = _logits_jit.lower(model.module, model.params, xb, idx).compile()
+        compiled = _logits_jit.lower(model.module, model.variables, xb, idx).compile()
         cost = compiled.cost_analysis()
         if isinstance(cost, list | tuple):  # older jax: one dict per computation
             cost = cost[0] if cost else None
@@ -216,15 +240,25 @@ class JaxBackend(Backend):
         teach = make_teach(kind, loss)
 
         def grad_fn(
-            trainable: tuple[Params, Connectors], teacher_arg: Any, scale: jax.Array
+            trainable: tuple[Params, Connectors],
+            stats: Params,
+            teacher_arg: Any,
+            scale: jax.Array,
         ) -> tuple[jax.Array, tuple[Params, Connectors]]:
             teacher_out = teach(teacher_arg, xb, None)
-            objective = student_objective(module, loss, xb, yb, model.key, teacher_out, scale)
-            return jax.value_and_grad(objective)(trainable)
+            objective = student_objective(
+                module, loss, xb, yb, model.key, teacher_out, scale, stats
+            )
+            # Training mode (batch statistics); the updated running statistics
+            # are dropped: this leaves the model as it was.
+            (value, _), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
+            return value, grads
 
         trainable = (model.params, self._put_connectors(connectors))
         run = jax.jit(grad_fn) if self.jit else grad_fn
-        value, (grads, conn_grads) = run(trainable, teacher_arg, np.float32(kd_scale))
+        value, (grads, conn_grads) = run(
+            trainable, model.batch_stats, teacher_arg, np.float32(kd_scale)
+        )
         return float(value), {**read_grads(grads, model.names), **_host(conn_grads)}
 
     def _put_connectors(self, connectors: Weights | None) -> Connectors:
@@ -241,15 +275,18 @@ class JaxBackend(Backend):
         loss: LossConfig,
         teacher: JaxModel | Sequence[JaxModel] | jax.Array | None = None,
         connectors: Weights | None = None,
+        augment: Augment | None = None,
     ) -> JaxState:
         # The teacher is frozen: its params (an ensemble's list of them, or the
         # offline table) are an argument of the step, not part of the carry the
-        # optimizer updates, and it runs deterministic.
-        # The connectors train with the student: one optimizer over both.
+        # optimizer updates, and it runs deterministic (inference mode: batch
+        # norm on its running statistics). The connectors train with the
+        # student: one optimizer over both. The student's running statistics
+        # ride in the carry, outside the optimizer.
         tx = make_optimizer(optimizer)
         traces = [0]
         kind, teacher_arg = _teacher_parts(teacher)
-        step = make_train_step(model.module, tx, loss, kind, traces)
+        step = make_train_step(model.module, tx, loss, kind, traces, augment)
         step_fn = jax.jit(step, donate_argnums=0) if self.jit else step
         conn = self._put_connectors(connectors)
         carry = Carry(
@@ -257,16 +294,23 @@ class JaxBackend(Backend):
             opt_state=tx.init((model.params, conn)),
             step=np.int32(0),
             connectors=conn,
+            batch_stats=model.batch_stats,
         )
         # Every leaf committed to the device, as the step's outputs will be:
         # otherwise the second step would compile again for the new placement.
         carry = jax.device_put(carry, self.device)
-        return JaxState(model, carry, step_fn, loss, teacher_arg, traces)
+        return JaxState(model, carry, step_fn, loss, teacher_arg, traces, augment)
 
     def train_step(
-        self, state: JaxState, data: JaxData, indices: np.ndarray, lr: float, kd_scale: float = 1.0
+        self,
+        state: JaxState,
+        data: JaxData,
+        indices: np.ndarray,
+        lr: float,
+        kd_scale: float = 1.0,
+        crops: np.ndarray | None = None,
     ) -> tuple[JaxState, jax.Array]:
-        state.carry, loss = state.step_fn(
+        args = (
             state.carry,
             data.x,
             data.y,
@@ -276,8 +320,25 @@ class JaxBackend(Backend):
             state.model.key,
             state.teacher_arg,
         )
+        if (crops is None) != (state.augment is None):
+            raise ValueError(
+                "crops are given to a train step exactly when init_train had an augment"
+            )
+        if crops is None:  # the plain step, called as it always was
+            state.carry, loss = state.step_fn(*args)
+        else:
+            state.carry, loss = state.step_fn(*args, np.asarray(crops, dtype=np.int32))
         state.model.params = state.carry.params  # the old buffers were donated
+        state.model.batch_stats = state.carry.batch_stats
         return state, loss
+
+    def augmented_batch(
+        self, data: JaxData, indices: np.ndarray, augment: Augment, crops: np.ndarray
+    ) -> np.ndarray:
+        """The batch an augmented train step sees, computed by the step's own code."""
+        run = gather_augmented_jit if self.jit else gather_augmented
+        out = run(data.x, indices, np.asarray(crops, dtype=np.int32), augment)
+        return np.asarray(jax.device_get(out))
 
     def trained_connectors(self, state: JaxState) -> Weights:
         return _host(state.carry.connectors)

@@ -4,12 +4,13 @@ kdbench/tools/overhead.py times this loop side by side with the harness's
 ``train_phase`` to measure what the harness adds. Per step it does exactly
 what JaxBackend.train_step does under ``train_phase`` (jax.jit, the default
 compile mode): one call of a jitted step that takes the state (params,
-optimizer state, step counter; donated), the device-resident split, the
-harness's numpy index row and the step's learning rate (float32), gathers the
-batch on the device, runs the frozen teacher deterministically under
-stop_gradient, the student forward and backward (its dropout key folded with
-the step counter), and the optax update with the learning rate injected; the
-loss stays a device array. The models, loss and optimizer come from this
+optimizer state, step counter, batch norm's running statistics; donated),
+the device-resident split, the harness's numpy index row and the step's
+learning rate (float32), gathers the batch on the device, runs the frozen
+teacher deterministically (inference mode) under stop_gradient, the student
+forward in training mode and backward (its dropout key folded with the step
+counter, its running statistics updated), and the optax update with the
+learning rate injected; the loss stays a device array. The models, loss and optimizer come from this
 package's model.py, losses.py and optim.py, so the math is the backend's.
 
 Left out, compared with the harness path:
@@ -48,10 +49,17 @@ import optax  # noqa: E402
 from kdbench.architectures import Architecture  # noqa: E402
 from kdbench.backends.base import LossConfig, Weights  # noqa: E402
 from kdbench.backends.jax.losses import distill_loss  # noqa: E402
-from kdbench.backends.jax.model import Params, build_module, load_weights  # noqa: E402
+from kdbench.backends.jax.model import (  # noqa: E402
+    Params,
+    apply_train,
+    build_module,
+    load_weights,
+    variables,
+)
 from kdbench.backends.jax.optim import make_optimizer, set_lr  # noqa: E402
 
-State = tuple[Params, Any, jax.Array]  # params, optimizer state, step counter (int32)
+# params, optimizer state, step counter (int32), batch_stats ({}: no batch norm)
+State = tuple[Params, Any, jax.Array, Params]
 
 
 @dataclass
@@ -60,7 +68,7 @@ class BareRun:
 
     x: jax.Array  # NHWC float32, on the device
     y: jax.Array  # int32
-    teacher_params: Params
+    teacher_params: dict[str, Params]  # the teacher's variables (params, batch_stats)
     key: jax.Array  # the student's dropout key
     state: State  # replaced by every step (its buffers are donated)
     step: Callable[..., tuple[State, jax.Array]]
@@ -87,8 +95,8 @@ def bare_setup(
     """
     dev = device or jax.devices()[0]
     teacher, student = build_module(teacher_arch), build_module(student_arch)
-    teacher_params = load_weights(teacher, teacher_weights, dev)
-    params = load_weights(student, student_weights, dev)
+    teacher_vars = variables(*load_weights(teacher, teacher_weights, dev))
+    params, stats = load_weights(student, student_weights, dev)
     tx = make_optimizer(optimizer)
 
     def train_step(
@@ -98,31 +106,29 @@ def bare_setup(
         idx: jax.Array,
         lr: jax.Array,
         key: jax.Array,
-        teacher_params: Params,
+        teacher_vars: dict[str, Params],
     ) -> tuple[State, jax.Array]:
-        params, opt_state, count = state
+        params, opt_state, count, stats = state
         xb, yb = x[idx], y[idx]
-        teacher_logits = jax.lax.stop_gradient(
-            teacher.apply({"params": teacher_params}, xb, deterministic=True)
-        )
+        teacher_logits = jax.lax.stop_gradient(teacher.apply(teacher_vars, xb, deterministic=True))
         rng = jax.random.fold_in(key, count)
 
-        def objective(p: Params) -> jax.Array:
-            logits = student.apply({"params": p}, xb, deterministic=False, rngs={"dropout": rng})
-            return distill_loss(loss, logits, yb, teacher_logits)
+        def objective(p: Params) -> tuple[jax.Array, Params]:
+            logits, new_stats = apply_train(student, p, stats, xb, rng)
+            return distill_loss(loss, logits, yb, teacher_logits), new_stats
 
-        value, grads = jax.value_and_grad(objective)(params)
+        (value, stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
         opt_state = set_lr(opt_state, lr)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state, count + 1), value
+        return (optax.apply_updates(params, updates), opt_state, count + 1, stats), value
 
     # Every leaf committed to the device, as the step's outputs are, so the
     # second call finds the first call's executable.
-    state = jax.device_put((params, tx.init(params), np.int32(0)), dev)
+    state = jax.device_put((params, tx.init(params), np.int32(0), stats), dev)
     return BareRun(
         x=jax.device_put(np.ascontiguousarray(x, dtype=np.float32), dev),
         y=jax.device_put(np.ascontiguousarray(y, dtype=np.int32), dev),
-        teacher_params=teacher_params,
+        teacher_params=teacher_vars,
         key=jax.device_put(jax.random.key(student_seed), dev),
         state=state,
         step=jax.jit(train_step, donate_argnums=0),

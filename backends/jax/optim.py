@@ -10,6 +10,12 @@ p -= lr * m_hat / (sqrt(v_hat) + eps). optax.adam with eps_root=0 is the same
 formula (eps outside the square root), so add_decayed_weights followed by
 optax.adam is torch's Adam with L2 (not AdamW).
 
+config["decay"] (absent: "all") says which parameters the L2 term covers:
+"all" of them, or only the "kernels" (neutral names ending in ".kernel":
+conv and dense kernels, FitNet's "hint0.kernel"; not biases nor batch norm's
+scale and shift): optax's mask on add_decayed_weights, worked out from each
+leaf's path in the tree (params["3"]["kernel"], connectors["hint0.kernel"]).
+
 The learning rate is a hyper-parameter in the optimizer state
 (optax.inject_hyperparams): the harness passes it every step as an array, so
 one compiled step serves every learning rate of a schedule.
@@ -24,11 +30,28 @@ import jax.numpy as jnp
 import optax
 
 
+def _is_kernel(path: tuple[Any, ...]) -> bool:
+    """Whether a leaf's path ends in a kernel: the key "kernel" (a layer's
+    params) or a neutral name ending in ".kernel" (a connector)."""
+    last = path[-1]
+    key = str(getattr(last, "key", getattr(last, "name", last)))
+    return ("." + key).endswith(".kernel")
+
+
+def kernels_mask(params: Any) -> Any:
+    """True on the kernels of a params pytree (or a (params, connectors) pair)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: _is_kernel(path), params)
+
+
 def make_optimizer(config: dict[str, Any]) -> optax.GradientTransformation:
     # lr is set before every step (set_lr); 0.0 is only a placeholder.
     # torch adds wd * p to the gradient only when wd is set; so do we.
     wd = config["weight_decay"]
-    decay = optax.add_decayed_weights(wd) if wd else optax.identity()
+    which = config.get("decay", "all")
+    if which not in ("all", "kernels"):
+        raise ValueError(f"optimizer decay must be 'all' or 'kernels', got {which!r}")
+    mask = kernels_mask if which == "kernels" else None
+    decay = optax.add_decayed_weights(wd, mask=mask) if wd else optax.identity()
     if config["name"] == "sgd":
         momentum = config["momentum"] or None  # no buffer at 0, as in torch
 

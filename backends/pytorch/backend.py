@@ -11,16 +11,32 @@ import torch
 from torch import nn
 
 from kdbench.architectures import Architecture
-from kdbench.backends.base import Backend, BareLoop, Environment, LossConfig, Settings, Weights
+from kdbench.backends.base import (
+    Augment,
+    Backend,
+    BareLoop,
+    Environment,
+    LossConfig,
+    Settings,
+    Weights,
+)
 from kdbench.backends.pytorch import runtime
+from kdbench.backends.pytorch.augment import (
+    DeviceAugment,
+    augmented_nhwc,
+    crops_tensor,
+    device_augment,
+)
 from kdbench.backends.pytorch.losses import distill_loss, ensemble_logits
 from kdbench.backends.pytorch.model import (
     Tapped,
     as_nchw,
     build_module,
     load_weights,
+    neutral_parameters,
     read_grads,
     read_weights,
+    running_stats_kept,
 )
 from kdbench.backends.pytorch.optim import make_optimizer, set_lr
 from kdbench.backends.pytorch.step import connector_parameters, feature_loss
@@ -30,7 +46,9 @@ from kdbench.backends.pytorch.step import connector_parameters, feature_loss
 class TorchModel:
     module: nn.Module
     run: Any  # the module, or torch.compile(module)
-    names: list[str]
+    names: list[str]  # every weight: the parameters, then batch norm's running statistics
+    params: list[str]  # the trainable parameters (what has gradients)
+    input_shape: tuple[int, int, int]  # (H, W, C)
 
 
 @dataclass
@@ -51,6 +69,8 @@ class TorchState:
     # Feature methods: the student and teacher returning (logits, tapped features).
     student_tapped: Any = None
     teacher_tapped: Any = None
+    # Crops and flips of every step's batch (init_train's Augment); None: none.
+    augment: DeviceAugment | None = None
 
 
 class PyTorchBackend(Backend):
@@ -98,7 +118,13 @@ class PyTorchBackend(Backend):
         load_weights(module, weights)
         module.to(self.device, memory_format=torch.channels_last)
         run = torch.compile(module) if self.settings.compile == "compiled" else module
-        return TorchModel(module=module, run=run, names=list(arch.param_shapes()))
+        return TorchModel(
+            module=module,
+            run=run,
+            names=list(arch.weight_shapes()),
+            params=list(arch.param_shapes()),
+            input_shape=arch.input_shape,
+        )
 
     def get_weights(self, model: TorchModel) -> Weights:
         return read_weights(model.module, model.names)
@@ -125,9 +151,11 @@ class PyTorchBackend(Backend):
         xb = self._batch(x.astype(np.float32))
         yb = torch.from_numpy(y.astype(np.int64)).to(self.device)
         model.module.zero_grad(set_to_none=True)
-        value = self._loss(state, xb, yb, kd_scale, None)
-        value.backward()
-        grads = read_grads(model.module, model.names)
+        # A training-mode forward (batch statistics), the running ones kept as they were.
+        with running_stats_kept(model.module):
+            value = self._loss(state, xb, yb, kd_scale, None)
+            value.backward()
+        grads = read_grads(model.module, model.params)
         grads.update({k: p.grad.detach().cpu().numpy() for k, p in state.connectors.items()})
         return float(value.detach()), grads
 
@@ -198,11 +226,21 @@ class PyTorchBackend(Backend):
         loss: LossConfig,
         teacher: Any = None,
         connectors: Weights | None = None,
+        augment: Augment | None = None,
     ) -> TorchState:
         state = self._state(model, loss, teacher, connectors)
-        params = [*model.module.parameters(), *state.connectors.values()]
-        state.optimizer = make_optimizer(params, optimizer)
+        named = [*neutral_parameters(model.module, model.params), *state.connectors.items()]
+        state.optimizer = make_optimizer(named, optimizer)
+        if augment is not None:
+            state.augment = device_augment(augment, model.input_shape, self.device)
         return state
+
+    def augmented_batch(
+        self, data: TorchData, indices: np.ndarray, augment: Augment, crops: np.ndarray
+    ) -> np.ndarray:
+        idx = torch.from_numpy(indices).to(self.device)
+        aug = device_augment(augment, tuple(data.x.shape[1:]), self.device)
+        return augmented_nhwc(data.x, idx, crops_tensor(crops, self.device), aug).cpu().numpy()
 
     def _state(
         self, model: TorchModel, loss: LossConfig, teacher: Any, connectors: Weights | None
@@ -235,9 +273,18 @@ class PyTorchBackend(Backend):
         indices: np.ndarray,
         lr: float,
         kd_scale: float = 1.0,
+        crops: np.ndarray | None = None,
     ) -> tuple[TorchState, torch.Tensor]:
         idx = torch.from_numpy(indices).to(self.device, non_blocking=True)
-        xb = as_nchw(data.x.index_select(0, idx))
+        if state.augment is None:
+            if crops is not None:
+                raise ValueError("crops given to a state made without an Augment")
+            xb = as_nchw(data.x.index_select(0, idx))
+        else:
+            if crops is None:
+                raise ValueError("a state made with an Augment needs every step's crops")
+            crop = crops_tensor(crops, self.device)
+            xb = as_nchw(augmented_nhwc(data.x, idx, crop, state.augment))
         yb = data.y.index_select(0, idx)
         loss = self._loss(state, xb, yb, kd_scale, idx)
         state.optimizer.zero_grad(set_to_none=True)

@@ -38,7 +38,12 @@ from torch import nn
 from kdbench.architectures import Architecture
 from kdbench.backends.base import LossConfig, Weights
 from kdbench.backends.pytorch.losses import distill_loss
-from kdbench.backends.pytorch.model import as_nchw, build_module, load_weights
+from kdbench.backends.pytorch.model import (
+    as_nchw,
+    build_module,
+    load_weights,
+    neutral_parameters,
+)
 from kdbench.backends.pytorch.optim import make_optimizer, set_lr
 
 
@@ -83,7 +88,8 @@ def bare_setup(
     teacher = _module(teacher_arch, teacher_weights, teacher_seed, dev).eval()
     teacher.requires_grad_(False)
     student = _module(student_arch, student_weights, student_seed, dev).train()
-    opt = make_optimizer(student.parameters(), optimizer)
+    named = neutral_parameters(student, list(student_arch.param_shapes()))
+    opt = make_optimizer(named, optimizer)
     return BareRun(x_dev, y_dev, teacher, student, opt, loss, dev)
 
 

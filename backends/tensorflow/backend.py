@@ -4,11 +4,15 @@ The model is raw tf.Variables and tf.nn ops (see model.py for why not Keras).
 One train step is one tf.function call: it gathers the batch from the
 device-resident split, runs the frozen teacher in inference mode outside the
 gradient tape (every member of an ensemble; none for offline, whose logits are
-gathered from teacher_table's device-resident table), and applies the torch-convention optimizer (optim.py) to the
-student and the method's connectors (FitNet's regressors, tf.Variables in the
-same optimizer). The learning rate and the warm-up factor kd_scale are float64
-scalar tensor arguments and the indices an int32 tensor of a fixed shape, so
-the step is traced once per phase.
+gathered from teacher_table's device-resident table), and applies the
+torch-convention optimizer (optim.py) to the student and the method's
+connectors (FitNet's regressors, tf.Variables in the same optimizer). The
+learning rate and the warm-up factor kd_scale are float64 scalar tensor
+arguments and the indices an int32 tensor of a fixed shape, so the step is
+traced once per phase. A state made with an Augment has a step that also takes
+the crops (an int32 (batch, 3) tensor argument: no retrace per draw) and
+augments the gathered batch (augment.py) before the teacher and the student
+see it; without one the step is the plain one.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import tensorflow as tf  # noqa: E402
 
 from kdbench.architectures import Architecture  # noqa: E402
 from kdbench.backends.base import (  # noqa: E402
+    Augment,
     Backend,
     BareLoop,
     Environment,
@@ -35,6 +40,7 @@ from kdbench.backends.base import (  # noqa: E402
     Weights,
 )
 from kdbench.backends.tensorflow import runtime  # noqa: E402
+from kdbench.backends.tensorflow.augment import check_augment, gather_augmented  # noqa: E402
 from kdbench.backends.tensorflow.model import (  # noqa: E402
     TFModule,
     build_module,
@@ -43,7 +49,11 @@ from kdbench.backends.tensorflow.model import (  # noqa: E402
     read_weights,
 )
 from kdbench.backends.tensorflow.optim import Optimizer, learning_rate, make_optimizer  # noqa: E402
-from kdbench.backends.tensorflow.step import connector_variables, loss_and_grads_fn  # noqa: E402
+from kdbench.backends.tensorflow.step import (  # noqa: E402
+    connector_variables,
+    loss_and_grads_fn,
+    make_train_step,
+)
 
 COMPILE_MODES = {"default": "tf.function", "compiled": "tf.function+xla", "eager": "eager"}
 
@@ -51,7 +61,8 @@ COMPILE_MODES = {"default": "tf.function", "compiled": "tf.function+xla", "eager
 @dataclass
 class TFModel:
     module: TFModule
-    names: list[str]
+    names: list[str]  # every weight: arch.weight_shapes() (parameters, running statistics)
+    params: list[str]  # the trainable ones: arch.param_shapes()
     # Inference functions, compiled lazily in the backend's mode and kept so
     # later calls reuse their traces.
     run: Callable[..., tf.Tensor] | None = None
@@ -92,6 +103,7 @@ class TFState:
     traces: int = 0
     # The last kd_scale and its tensor: after the warm-up every step reuses it.
     kd_scale: tuple[float, tf.Tensor] | None = None
+    augment: Augment | None = None  # every step's batch is augmented with its crops
 
 
 class ByShape:
@@ -122,6 +134,8 @@ class TensorFlowBackend(Backend):
         super().__init__()
         self.gpu = False
         self._device = "/CPU:0"
+        # augmented_batch's compiled functions, one per Augment (kept: no retrace).
+        self._augmenters: dict[Augment, Callable[..., tf.Tensor]] = {}
 
     @property
     def device(self) -> str:
@@ -130,6 +144,7 @@ class TensorFlowBackend(Backend):
     def apply_settings(self, settings: Settings) -> None:
         self.gpu = runtime.apply_settings(settings)
         self._device = "/GPU:0" if self.gpu else "/CPU:0"
+        self._augmenters = {}  # compiled in the previous mode
 
     @property
     def compile_mode(self) -> str:
@@ -161,7 +176,9 @@ class TensorFlowBackend(Backend):
         with tf.device(self.device):
             module = build_module(arch, seed, self.settings.bf16)
             load_weights(module, weights)
-        return TFModel(module=module, names=list(arch.param_shapes()))
+        return TFModel(
+            module=module, names=list(arch.weight_shapes()), params=list(arch.param_shapes())
+        )
 
     def get_weights(self, model: TFModel) -> Weights:
         return read_weights(model.module, model.names)
@@ -217,8 +234,8 @@ class TensorFlowBackend(Backend):
 
         with tf.device(self.device):
             value, grads = self._compile(run)(tf.constant(x, tf.float32), tf.constant(y, tf.int32))
-        n = len(model.names)
-        out = read_grads(model.module, grads[:n], model.names)
+        n = len(model.params)
+        out = read_grads(model.module, grads[:n], model.params)
         out.update(
             {name: np.array(g.numpy(), np.float32) for name, g in zip(conn, grads[n:], strict=True)}
         )
@@ -231,44 +248,88 @@ class TensorFlowBackend(Backend):
         loss: LossConfig,
         teacher: Teacher = None,
         connectors: Weights | None = None,
+        augment: Augment | None = None,
     ) -> TFState:
+        if augment is not None:
+            check_augment(augment, model.module.arch.input_shape)
         # offline: the table, captured by the step, stands in for a teacher run.
         table = teacher if isinstance(teacher, tf.Tensor) else None
         with tf.device(self.device):
             conn = connector_variables(connectors)
+            # The step assigns the student's batch norm running statistics.
             grads_of, variables = loss_and_grads_fn(
-                loss, model.module, _teacher_modules(teacher), conn, table is not None
+                loss,
+                model.module,
+                _teacher_modules(teacher),
+                conn,
+                table is not None,
+                update_state=True,
             )
-            opt = make_optimizer(variables, optimizer)
-        state = TFState(model=model, optimizer=opt, loss=loss, teacher=teacher, connectors=conn)
+            # The trained variables by neutral name (what decides their weight decay).
+            opt = make_optimizer(variables, optimizer, names=[*model.module.params, *conn])
+        state = TFState(
+            model=model,
+            optimizer=opt,
+            loss=loss,
+            teacher=teacher,
+            connectors=conn,
+            augment=augment,
+        )
 
-        def step(
-            x: tf.Tensor, y: tf.Tensor, indices: tf.Tensor, lr: tf.Tensor, kd_scale: tf.Tensor
-        ) -> tf.Tensor:
+        def traced() -> None:
             state.traces += 1
-            t_logits = None if table is None else tf.gather(table, indices)
-            value, grads = grads_of(
-                tf.gather(x, indices), tf.gather(y, indices), kd_scale, t_logits
-            )
-            opt.apply(grads, variables, lr)
-            return value
 
+        step = make_train_step(grads_of, variables, opt, table, augment, traced)
         state.step = self._compile(step)
         state.call = state.step if self.settings.compile == "eager" else ByShape(state.step)
         return state
 
     def train_step(
-        self, state: TFState, data: TFData, indices: np.ndarray, lr: float, kd_scale: float = 1.0
+        self,
+        state: TFState,
+        data: TFData,
+        indices: np.ndarray,
+        lr: float,
+        kd_scale: float = 1.0,
+        crops: np.ndarray | None = None,
     ) -> tuple[TFState, tf.Tensor]:
         if state.call is None:
             raise RuntimeError("train_step needs a state made by init_train")
+        if (crops is None) != (state.augment is None):
+            raise ValueError(
+                "crops are given to a train step exactly when init_train had an augment"
+            )
         with tf.device(self.device):
             if state.kd_scale is None or state.kd_scale[0] != kd_scale:
                 state.kd_scale = (kd_scale, tf.constant(kd_scale, tf.float64))
-            loss = state.call(
-                data.x, data.y, tf.constant(indices, tf.int32), learning_rate(lr), state.kd_scale[1]
+            args = (
+                data.x,
+                data.y,
+                tf.constant(indices, tf.int32),
+                learning_rate(lr),
+                state.kd_scale[1],
             )
+            if crops is None:  # the plain step, called as it always was
+                loss = state.call(*args)
+            else:
+                loss = state.call(*args, tf.constant(crops, tf.int32))
         return state, loss
+
+    def augmented_batch(
+        self, data: TFData, indices: np.ndarray, augment: Augment, crops: np.ndarray
+    ) -> np.ndarray:
+        """The batch an augmented train step sees, computed by the step's own
+        code (augment.gather_augmented, compiled in the backend's mode)."""
+        run = self._augmenters.get(augment)
+        if run is None:
+
+            def augmented(x: tf.Tensor, idx: tf.Tensor, crops: tf.Tensor) -> tf.Tensor:
+                return gather_augmented(x, idx, crops, augment)
+
+            run = self._augmenters[augment] = self._compile(augmented)
+        with tf.device(self.device):
+            out = run(data.x, tf.constant(indices, tf.int32), tf.constant(crops, tf.int32))
+        return np.asarray(out.numpy())
 
     def trained_connectors(self, state: TFState) -> Weights:
         return {name: np.array(var.numpy(), np.float32) for name, var in state.connectors.items()}

@@ -93,7 +93,7 @@ def bare_setup(
         teacher = _module(teacher_arch, teacher_weights, teacher_seed)
         student = _module(student_arch, student_weights, student_seed)
         variables = student.variables_in_order
-        opt = make_optimizer(variables, optimizer)
+        opt = make_optimizer(variables, optimizer, names=list(student.params))
 
     @tf.function
     def train_step(x: tf.Tensor, y: tf.Tensor, indices: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
@@ -102,7 +102,8 @@ def bare_setup(
         teacher_logits = teacher(xb, training=False)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(variables)
-            value = distill_loss(loss, student(xb, training=True), yb, teacher_logits)
+            logits = student(xb, training=True, update_state=True)
+            value = distill_loss(loss, logits, yb, teacher_logits)
         opt.apply(tape.gradient(value, variables), variables, lr)
         return value
 

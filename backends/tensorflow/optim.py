@@ -17,6 +17,11 @@ by operation (same float32 roundings where it is cheap to do so):
   corrections computed in float64 like torch's Python scalars.
 
 Weight decay is L2 added to the gradient (torch's weight_decay), not AdamW.
+config["decay"] (absent: "all") says which variables it covers: "all" of them,
+or only the "kernels" (neutral names ending in ".kernel": conv and dense
+kernels, FitNet's "hint0.kernel"; not biases nor batch norm's scale and
+shift), decided per variable from the neutral names the optimizer is given
+(as torch's parameter groups do).
 The learning rate is an argument of apply(), a float64 scalar tensor that the
 traced step takes as an input: a new value every step causes no retrace, and
 costs less per step than assigning a tf.Variable (about 5 us against 45 us on
@@ -36,13 +41,20 @@ class Optimizer:
     """State (slots, step count, lr) in tf.Variables, created eagerly up front
     because a tf.function may not create variables after its first trace."""
 
-    def __init__(self, variables: Sequence[tf.Variable], config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        variables: Sequence[tf.Variable],
+        config: dict[str, Any],
+        names: Sequence[str] | None = None,
+    ) -> None:
         self.config = dict(config)
         self.name = config["name"]
         if self.name not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {self.name!r}")
         self.step_count = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.weight_decay = float(config["weight_decay"])
+        # The weight decay of each variable, in order: weight_decay or 0.0.
+        self.decays = decay_per_variable(variables, config, names)
         self.slots: list[dict[str, tf.Variable]] = []
         for var in variables:
             slot: dict[str, tf.Variable] = {}
@@ -64,9 +76,10 @@ class Optimizer:
         else:
             self._adam(grads, variables, lr, tf.cast(step, tf.float64))
 
-    def _decayed(self, grad: tf.Tensor, var: tf.Variable) -> tf.Tensor:
-        if self.weight_decay:
-            return grad + self.weight_decay * var
+    @staticmethod
+    def _decayed(grad: tf.Tensor, var: tf.Variable, decay: float) -> tf.Tensor:
+        if decay:
+            return grad + decay * var
         return grad
 
     def _sgd(
@@ -74,8 +87,8 @@ class Optimizer:
     ) -> None:
         mu = float(self.config["momentum"])
         lr = tf.cast(lr, tf.float32)  # torch: add_(g, alpha=-lr) rounds lr to float32
-        for grad, var, slot in zip(grads, variables, self.slots, strict=True):
-            g = self._decayed(grad, var)
+        for grad, var, slot, decay in zip(grads, variables, self.slots, self.decays, strict=True):
+            g = self._decayed(grad, var, decay)
             if mu:
                 buf = slot["v"].assign(mu * slot["v"] + g)
                 g = g + mu * buf if self.config["nesterov"] else buf
@@ -95,8 +108,8 @@ class Optimizer:
         step_size = tf.cast(lr / bias1, tf.float32)
         bias2_sqrt = tf.cast(tf.sqrt(bias2), tf.float32)
         weight = 1.0 - beta1
-        for grad, var, slot in zip(grads, variables, self.slots, strict=True):
-            g = self._decayed(grad, var)
+        for grad, var, slot, decay in zip(grads, variables, self.slots, self.decays, strict=True):
+            g = self._decayed(grad, var, decay)
             m, v = slot["m"], slot["v"]
             m = m.assign(lerp(m, g, weight))
             v = v.assign(v * beta2 + (1.0 - beta2) * g * g)
@@ -111,9 +124,34 @@ def lerp(start: tf.Tensor, end: tf.Tensor, weight: float) -> tf.Tensor:
     return end - (end - start) * (1.0 - weight)
 
 
-def make_optimizer(variables: Sequence[tf.Variable], config: dict[str, Any]) -> Optimizer:
+def decay_per_variable(
+    variables: Sequence[tf.Variable], config: dict[str, Any], names: Sequence[str] | None
+) -> list[float]:
+    """weight_decay for every variable config["decay"] covers, 0.0 for the others.
+
+    "all" (the default) covers every variable; "kernels" only those whose
+    neutral name (names, in the order of variables) ends in ".kernel".
+    """
+    wd = float(config["weight_decay"])
+    which = config.get("decay", "all")
+    if which == "all":
+        return [wd] * len(variables)
+    if which != "kernels":
+        raise ValueError(f"optimizer decay must be 'all' or 'kernels', got {which!r}")
+    if names is None or len(names) != len(variables):
+        raise ValueError("decay 'kernels' needs the neutral name of every trained variable")
+    return [wd if name.endswith(".kernel") else 0.0 for name in names]
+
+
+def make_optimizer(
+    variables: Sequence[tf.Variable],
+    config: dict[str, Any],
+    names: Sequence[str] | None = None,
+) -> Optimizer:
+    """names: the neutral name of each variable, in order (what decides its
+    weight decay under decay = "kernels")."""
     # lr comes with every step (Optimizer.apply), as the harness's schedule gives it.
-    return Optimizer(variables, config)
+    return Optimizer(variables, config, names)
 
 
 def learning_rate(lr: float) -> tf.Tensor:

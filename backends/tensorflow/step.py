@@ -8,11 +8,13 @@ connectors the step is the plain one.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from kdbench.backends.base import LossConfig, Weights
+from kdbench.backends.base import Augment, LossConfig, Weights
+from kdbench.backends.tensorflow.augment import gather_augmented
 from kdbench.backends.tensorflow.losses import FEATURE_TERMS, distill_loss, ensemble_logits
 from kdbench.backends.tensorflow.model import TFModule
 
@@ -65,6 +67,7 @@ def loss_and_grads_fn(
     teacher: TFModule | Sequence[TFModule] | None,
     connectors: Mapping[str, tf.Variable],
     logits_given: bool = False,
+    update_state: bool = False,
 ) -> tuple[LossAndGrads, list[tf.Variable]]:
     """One batch's loss and gradients, shared by loss_and_grads and the train step.
 
@@ -74,8 +77,11 @@ def loss_and_grads_fn(
     teacher may be a list (an ensemble: every member runs, their logits
     combined by ensemble_logits); with logits_given the caller passes the
     teacher logits to each call (offline: gathered from a table) and no
-    teacher runs. Returns the function and the variables its gradients belong
-    to, in order.
+    teacher runs. The student runs in training mode (batch norm on the batch
+    statistics); with update_state (the train step) each call also assigns its
+    batch norm running statistics, without (loss_and_grads) they stay as they
+    are. Returns the function and the variables its gradients belong to (the
+    trainable ones: running statistics are not among them), in order.
     """
     teacher_taps, student_taps = taps_of(config)
     uses_teacher = any(term != "ce" for term in config.terms())
@@ -109,7 +115,7 @@ def loss_and_grads_fn(
             t_logits, t_feats = teacher_outputs(xb)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(variables)
-            s_logits, s_feats = student.forward(xb, True, student_taps)
+            s_logits, s_feats = student.forward(xb, True, student_taps, update_state)
             value = distill_loss(
                 config, s_logits, yb, t_logits, s_feats, t_feats, connectors, kd_scale
             )
@@ -120,3 +126,44 @@ def loss_and_grads_fn(
         ]
 
     return run, variables
+
+
+def make_train_step(
+    grads_of: Callable[..., Any],
+    variables: list[tf.Variable],
+    opt: Any,
+    table: tf.Tensor | None,
+    augment: Augment | None,
+    traced: Callable[[], None],
+) -> Callable[..., tf.Tensor]:
+    """The train step to compile: gather the batch (augmented with the step's
+    crops where the state has an Augment), the teacher's logits from the
+    offline table where there is one, the loss and gradients, the update.
+
+    Without an Augment it is the plain five-argument step, as it always was."""
+
+    def step(
+        x: tf.Tensor, y: tf.Tensor, indices: tf.Tensor, lr: tf.Tensor, kd_scale: tf.Tensor
+    ) -> tf.Tensor:
+        traced()
+        t_logits = None if table is None else tf.gather(table, indices)
+        value, grads = grads_of(tf.gather(x, indices), tf.gather(y, indices), kd_scale, t_logits)
+        opt.apply(grads, variables, lr)
+        return value
+
+    def augmented_step(
+        x: tf.Tensor,
+        y: tf.Tensor,
+        indices: tf.Tensor,
+        lr: tf.Tensor,
+        kd_scale: tf.Tensor,
+        crops: tf.Tensor,
+    ) -> tf.Tensor:
+        traced()
+        t_logits = None if table is None else tf.gather(table, indices)
+        xb = gather_augmented(x, indices, crops, augment)  # type: ignore[arg-type]
+        value, grads = grads_of(xb, tf.gather(y, indices), kd_scale, t_logits)
+        opt.apply(grads, variables, lr)
+        return value
+
+    return step if augment is None else augmented_step

@@ -54,11 +54,14 @@ def train_phase(
     plan: BatchPlan,
     warmup_epochs: int = 0,
     flops_per_step: int | None = None,
+    epoch_end: Callable[[int, Any], None] | None = None,
 ) -> tuple[Any, Phase]:
     """Train through the whole plan, timing every step from dispatch to sync.
 
     warmup_epochs ramps the distillation terms' weight up linearly (kdbench.methods);
-    flops_per_step replaces the usual count where a method changes what a step runs."""
+    flops_per_step replaces the usual count where a method changes what a step runs;
+    epoch_end(epoch, state) runs after every epoch (an evaluation), its time
+    left out of the phase's wall time and reported apart."""
     backend = cell.backend
     lrs = learning_rates(net, plan)
     times = np.empty(plan.total_steps)
@@ -66,15 +69,22 @@ def train_phase(
     loss0 = float("nan")
     backend.reset_peak_memory()
     started = time.perf_counter()
+    between = 0.0  # epoch_end's time
     step = 0
     for epoch in range(plan.epochs):
         handles = []
         scale = warmup_factor(epoch, warmup_epochs)
         for batch in range(plan.steps_per_epoch):
             t0 = time.perf_counter()
-            state, loss = backend.train_step(
-                state, data, plan.indices[epoch, batch], lrs[step], scale
-            )
+            crops = plan.step_crops(epoch, batch)
+            if crops is None:
+                state, loss = backend.train_step(
+                    state, data, plan.indices[epoch, batch], lrs[step], scale
+                )
+            else:
+                state, loss = backend.train_step(
+                    state, data, plan.indices[epoch, batch], lrs[step], scale, crops
+                )
             backend.sync(state, loss)
             times[step] = time.perf_counter() - t0
             handles.append(loss)
@@ -84,7 +94,11 @@ def train_phase(
             loss0 = float(losses[0])
         epoch_losses.append(float(losses.mean()))
         cell.emit({"phase": phase, "epoch": epoch + 1, "epochs": plan.epochs})
-    wall = time.perf_counter() - started
+        if epoch_end is not None:
+            t0 = time.perf_counter()
+            epoch_end(epoch, state)
+            between += time.perf_counter() - t0
+    wall = time.perf_counter() - started - between
     if not np.all(np.isfinite(epoch_losses)):
         raise FloatingPointError(f"{phase}: the training loss is not finite: {epoch_losses}")
     timing = step_stats(times, cell.warmup, plan.batch_size)
@@ -107,6 +121,7 @@ def train_phase(
         device_peak_bytes=backend.peak_memory(),
         host_peak_rss_bytes=host_peak_rss(),
         step_times_s=[round(float(t), 9) for t in times],
+        epoch_eval_s=between if epoch_end is not None else None,
     )
     return state, stats
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kdbench.backends.base import LossConfig, Weights
+from kdbench.backends.base import Augment, LossConfig, Weights
 from kdbench.datasets import Dataset, load_dataset
 from kdbench.initial_weights import init_weights
 from kdbench.methods import connector_shapes, init_connectors
-from kdbench.plan import BatchPlan, make_plan, rng_for
+from kdbench.plan import BatchPlan, make_plan, rng_for, with_crops
 from kdbench.spec import LoadedSpec, NetSpec, Spec
 
 
@@ -47,6 +47,7 @@ class PreparedCell:
     extra_nets: dict[str, NetStart]
     teacher_optimizer: dict[str, Any]
     student_optimizer: dict[str, Any]
+    augment: Augment | None = None  # every training phase's (its crops are in the plans)
 
     @property
     def spec(self) -> Spec:
@@ -73,12 +74,30 @@ def load_spec_data(spec: Spec, seed: int, data_dir: str | None = None) -> Datase
     )
 
 
+def augmentation(spec: Spec, data: Dataset) -> Augment | None:
+    """The spec's augmentation; padding is a black pixel, normalised as the data."""
+    aug = spec.data.augment
+    if aug is None:
+        return None
+    fill = tuple(float(-m / s) for m, s in zip(data.mean, data.std, strict=True))
+    return Augment(pad=aug.crop_padding, flip=aug.flip, fill=fill)
+
+
+def planned(n_train: int, net: NetSpec, seed: int, name: str, augment: Augment | None) -> BatchPlan:
+    """A net's batch plan and, with augmentation, its crops (a stream of their own)."""
+    plan = make_plan(n_train, net.batch_size, net.epochs, rng_for(seed, f"{name}-plan"))
+    if augment is None:
+        return plan
+    return with_crops(plan, augment.pad, augment.flip, rng_for(seed, f"{name}-augment"))
+
+
 def prepare_cell(loaded: LoadedSpec, seed: int, data_dir: str | None = None) -> PreparedCell:
     """Data, initial weights, batch plans and loss of one cell, each from its own
     random stream of the seed (rng_for), so adding one never shifts another."""
     spec = loaded.spec
     data = load_spec_data(spec, seed, data_dir)
     n_train = len(data.y_train)
+    augment = augmentation(spec, data)
     dropout = rng_for(seed, "dropout").integers(0, 2**31 - 1, size=3)
     distill = spec.distill
     shapes = connector_shapes(
@@ -90,20 +109,17 @@ def prepare_cell(loaded: LoadedSpec, seed: int, data_dir: str | None = None) -> 
         data=data,
         teacher_weights=init_weights(loaded.teacher_arch, rng_for(seed, "teacher-init")),
         student_weights=init_weights(loaded.student_arch, rng_for(seed, "student-init")),
-        teacher_plan=make_plan(
-            n_train, spec.teacher.batch_size, spec.teacher.epochs, rng_for(seed, "teacher-plan")
-        ),
-        student_plan=make_plan(
-            n_train, spec.student.batch_size, spec.student.epochs, rng_for(seed, "student-plan")
-        ),
+        teacher_plan=planned(n_train, spec.teacher, seed, "teacher", augment),
+        student_plan=planned(n_train, spec.student, seed, "student", augment),
         teacher_seed=int(dropout[0]),
         scratch_seed=int(dropout[1]),
         student_seed=int(dropout[2]),
         loss=loss_config(loaded),
         connectors=init_connectors(shapes, rng_for(seed, "connector-init")),
-        extra_nets=extra_nets(loaded, seed, n_train),
+        extra_nets=extra_nets(loaded, seed, n_train, augment),
         teacher_optimizer=spec.teacher.optimizer.resolved(),
         student_optimizer=spec.student.optimizer.resolved(),
+        augment=augment,
     )
 
 
@@ -121,7 +137,9 @@ def loss_config(loaded: LoadedSpec) -> LossConfig:
     )
 
 
-def extra_nets(loaded: LoadedSpec, seed: int, n_train: int) -> dict[str, NetStart]:
+def extra_nets(
+    loaded: LoadedSpec, seed: int, n_train: int, augment: Augment | None = None
+) -> dict[str, NetStart]:
     """The method's other networks, each from streams of its own (the first
     teacher keeps the streams it always had, so it stays the cached one)."""
     spec = loaded.spec
@@ -134,7 +152,7 @@ def extra_nets(loaded: LoadedSpec, seed: int, n_train: int) -> dict[str, NetStar
     for name, (arch, net) in nets.items():
         out[name] = NetStart(
             weights=init_weights(arch, rng_for(seed, f"{name}-init")),
-            plan=make_plan(n_train, net.batch_size, net.epochs, rng_for(seed, f"{name}-plan")),
+            plan=planned(n_train, net, seed, name, augment),
             seed=int(rng_for(seed, f"{name}-dropout").integers(0, 2**31 - 1)),
         )
     return out

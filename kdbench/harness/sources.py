@@ -74,7 +74,9 @@ def distillation_target(
         start, arch = p.extra_nets["assistant"], loaded.assistant_arch
         assert spec.assistant is not None and arch is not None
         assistant = backend.build(arch, start.weights, seed=start.seed)
-        state = backend.init_train(assistant, spec.assistant.optimizer.resolved(), p.loss, teacher)
+        state = backend.init_train(
+            assistant, spec.assistant.optimizer.resolved(), p.loss, teacher, augment=p.augment
+        )
         link_flops = (
             forward_flops(loaded.teacher_arch) + train_flops(arch)
         ) * spec.assistant.batch_size

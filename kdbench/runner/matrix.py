@@ -36,7 +36,20 @@ class MatrixFile(BaseModel):
     seeds: int | None = Field(None, ge=1, le=100, description="default: each spec's own")
     cell_timeout_s: float | None = Field(1800.0, gt=0, allow_inf_nan=False)
     axes: dict[str, list[Scalar]] = Field(default_factory=dict)
+    # Dotted spec keys set in every cell, not an axis (no label): e.g. the
+    # cifar-smoke matrix runs the CIFAR pairs at 1/8 width for a few steps.
+    overrides: dict[str, Scalar] = Field(default_factory=dict)
     executor: ExecutorOptions | None = Field(None, description="where the cells run")
+
+    @field_validator("overrides")
+    @classmethod
+    def _dotted(cls, value: dict[str, Scalar]) -> dict[str, Scalar]:
+        for key in value:
+            if "." not in key:
+                raise ValueError(
+                    f"override {key!r}: give a dotted spec key such as 'teacher.epochs'"
+                )
+        return value
 
     @field_validator("backends")
     @classmethod
@@ -70,11 +83,17 @@ class Combo:
     """One point of the settings axes."""
 
     runtime: dict[str, Any] = field(default_factory=dict)
-    spec_overrides: dict[str, Any] = field(default_factory=dict)
+    axis_overrides: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)  # the matrix's overrides
+
+    @property
+    def spec_overrides(self) -> dict[str, Any]:
+        """Every dotted spec key this cell sets: the matrix's, then its axes'."""
+        return {**self.fixed, **self.axis_overrides}
 
     @property
     def label(self) -> str:
-        items = {**self.runtime, **self.spec_overrides}
+        items = {**self.runtime, **self.axis_overrides}
         return ",".join(f"{k}={v}" for k, v in items.items())
 
 
@@ -128,7 +147,8 @@ def load_matrix(name_or_path: str) -> Matrix:
         combos.append(
             Combo(
                 runtime={k: v for k, v in point.items() if k in SETTING_NAMES},
-                spec_overrides={k: v for k, v in point.items() if k not in SETTING_NAMES},
+                axis_overrides={k: v for k, v in point.items() if k not in SETTING_NAMES},
+                fixed=dict(parsed.overrides),
             )
         )
     return Matrix(
@@ -139,7 +159,7 @@ def load_matrix(name_or_path: str) -> Matrix:
         backends=parsed.backends,
         seeds=parsed.seeds,
         cell_timeout_s=parsed.cell_timeout_s,
-        combos=combos or [Combo()],
+        combos=combos or [Combo(fixed=dict(parsed.overrides))],
         executor=parsed.executor,
     )
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from kdbench.backends.base import Backend, BareLoop, Settings, get_backend
+from kdbench.errors import KdbenchError
 from kdbench.harness.phases import Cell, train_phase
 from kdbench.harness.prepare import PreparedCell, prepare_cell
 from kdbench.plan import BatchPlan, learning_rates
@@ -57,6 +58,11 @@ def prepare(
     is set up with settings.
     """
     prepared = prepare_cell(load_spec(spec), seed)
+    if prepared.augment is not None:
+        raise KdbenchError(
+            f"{spec}: the bare loops do not augment, so the overhead benchmark takes specs "
+            "without data.augment"
+        )
     if backend is None:
         backend = get_backend(backend_name)
         backend.setup(settings or Settings(threads=DEFAULT_THREADS))

@@ -6,11 +6,11 @@ import argparse
 import sys
 import warnings
 
-from kdbench.commands import compare, listing, report, run, show, validate
+from kdbench.commands import compare, export_teacher, listing, report, run, show, validate
 from kdbench.commands.common import Parser, print_error, warn
 from kdbench.errors import KdbenchError
 
-COMMANDS = (run, show, listing, validate, report, compare)
+COMMANDS = (run, show, listing, validate, report, compare, export_teacher)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from typing import Any
 from kdbench.architectures import ARCHITECTURES, resolve
 from kdbench.backends.base import backend_names, is_installed
 from kdbench.builtins import builtin_files
+from kdbench.cifar_architectures import CIFAR_ARCHITECTURES
 from kdbench.commands.common import console
 from kdbench.errors import KdbenchError
 from kdbench.methods import METHODS, tap_shape, taps
@@ -41,12 +42,16 @@ def run(args: argparse.Namespace) -> int:
     for name in DATASETS:
         where = "needs a folder (data.path or --data-dir)" if name in FILE_DATASETS else "built in"
         console.print(f"  {name:<16} {where}")
-    console.print("[bold]architectures[/bold] (and their feature taps, at 28x28x1 input)")
+    console.print(
+        "[bold]architectures[/bold] (parameters and feature taps at 28x28x1 input, 10 "
+        "classes; the CIFAR nets at 32x32x3, 100 classes)"
+    )
     for name, (description, _) in ARCHITECTURES.items():
         console.print(f"  {name:<16} {description}", markup=False)
-        arch = resolve(name, None, (28, 28, 1), 10)
+        cifar = name in CIFAR_ARCHITECTURES
+        arch = resolve(name, None, (32, 32, 3) if cifar else (28, 28, 1), 100 if cifar else 10)
         shown = ", ".join(f"{tap} {tap_shape(arch, i)}" for tap, i in taps(arch).items())
-        console.print(f"  {'':<16} taps: {shown}", markup=False)
+        console.print(f"  {'':<16} {arch.param_count():,} params; taps: {shown}", markup=False)
     console.print("[bold]methods[/bold] (terms and reference weights; distill.weights overrides)")
     for name, method in METHODS.items():
         weights = ", ".join(f"{t} {w:g}" for t, w in method.defaults.items())

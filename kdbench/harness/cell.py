@@ -17,17 +17,12 @@ import numpy as np
 import psutil
 
 from kdbench.backends.base import Backend, Environment, LossConfig, Settings, get_backend
-from kdbench.flops import train_flops
+from kdbench.harness.best_epoch import best_epoch_metrics, trackers
 from kdbench.harness.phases import Cell, Emit, eval_phase, no_emit, predict_all, train_phase
-from kdbench.harness.prepare import NetStart, PreparedCell, prepare_cell
+from kdbench.harness.prepare import PreparedCell, prepare_cell
 from kdbench.harness.probe import matmul_probe
 from kdbench.harness.sources import Target, distillation_target
-from kdbench.harness.teacher_cache import (
-    load_cached_teacher,
-    save_cached_teacher,
-    teacher_key,
-    teacher_lock,
-)
+from kdbench.harness.teachers import train_teacher
 from kdbench.harness.timing import host_peak_rss
 from kdbench.records.schema import DataInfo, Memory, Metrics, Phase, Probe, Timings
 from kdbench.spec import LoadedSpec
@@ -68,62 +63,30 @@ def put_splits(cell: Cell) -> Splits:
     return splits
 
 
-def train_teacher(
-    cell: Cell, train: Any, settings: Settings, cache: Path | None, member: int = 0
-) -> tuple[Any, Phase, bool]:
-    """The trained teacher, its phase, and whether it came from the cache.
+def train_students(
+    cell: Cell, train: Any, target: Target, tracked: dict[str, Any] | None = None
+) -> tuple[Any, Any, dict[str, Phase]]:
+    """The scratch student (labels only) and the distilled one, from the same start.
 
-    With a cache, the teacher is trained once per key even when cells that
-    share it run at once on several workers (Ray, Slurm): the first takes the
-    key's lock and trains; the others wait for it, then load its teacher.
-    member k > 0 is an ensemble's k-th extra teacher."""
-    p = cell.prepared
-    key = teacher_key(p.loaded, cell.backend.name, p.seed, settings, member)
-    if cache is None:
-        return _train_teacher(cell, train, None, key, member)
-    with teacher_lock(cache, key):
-        return _train_teacher(cell, train, cache, key, member)
-
-
-def _train_teacher(
-    cell: Cell, train: Any, cache: Path | None, key: str, member: int
-) -> tuple[Any, Phase, bool]:
+    tracked: per phase, what runs after every epoch (best_epoch.trackers)."""
     p, backend = cell.prepared, cell.backend
-    name = f"teacher{member}" if member else "teacher"
-    start = (
-        p.extra_nets[name]
-        if member
-        else NetStart(p.teacher_weights, p.teacher_plan, p.teacher_seed)
-    )
-    cached = load_cached_teacher(cache, key, lambda m: cell.emit({"warning": m})) if cache else None
-    if cached is not None:
-        # Trained by an earlier cell with the same teacher; its phase record
-        # (timings included) is that cell's, marked as such.
-        cell.emit({"phase": name, "cached": True})
-        teacher = backend.build(p.loaded.teacher_arch, cached[0], seed=start.seed)
-        return teacher, cached[1].model_copy(update={"from_cache": True}), True
-    teacher = backend.build(p.loaded.teacher_arch, start.weights, seed=start.seed)
-    state = backend.init_train(teacher, p.teacher_optimizer, LossConfig("none"))
-    flops = train_flops(p.loaded.teacher_arch) * start.plan.batch_size
-    state, phase = train_phase(cell, name, p.spec.teacher, state, train, start.plan, 0, flops)
-    teacher = backend.trained_model(state)
-    if cache is not None:
-        save_cached_teacher(cache, key, backend.get_weights(teacher), phase)
-    return teacher, phase.model_copy(update={"from_cache": False}), False
-
-
-def train_students(cell: Cell, train: Any, target: Target) -> tuple[Any, Any, dict[str, Phase]]:
-    """The scratch student (labels only) and the distilled one, from the same start."""
-    p, backend = cell.prepared, cell.backend
+    tracked = tracked or {}
     arch, net = p.loaded.student_arch, p.spec.student
     scratch = backend.build(arch, p.student_weights, seed=p.scratch_seed)
-    state = backend.init_train(scratch, p.student_optimizer, LossConfig("none"))
-    state, scratch_phase = train_phase(cell, "scratch", net, state, train, p.student_plan)
+    state = backend.init_train(scratch, p.student_optimizer, LossConfig("none"), augment=p.augment)
+    state, scratch_phase = train_phase(
+        cell, "scratch", net, state, train, p.student_plan, epoch_end=tracked.get("scratch")
+    )
     scratch = backend.trained_model(state)
 
     student = backend.build(arch, p.student_weights, seed=p.student_seed)
     state = backend.init_train(
-        student, p.student_optimizer, p.loss, teacher=target.teacher, connectors=p.connectors
+        student,
+        p.student_optimizer,
+        p.loss,
+        teacher=target.teacher,
+        connectors=p.connectors,
+        augment=p.augment,
     )
     state, distill_phase = train_phase(
         cell,
@@ -134,12 +97,14 @@ def train_students(cell: Cell, train: Any, target: Target) -> tuple[Any, Any, di
         p.student_plan,
         p.spec.distill.warmup_epochs,
         target.distill_flops_per_step,
+        tracked.get("distill"),
     )
-    return (
-        scratch,
-        backend.trained_model(state),
-        {"scratch": scratch_phase, "distill": distill_phase},
-    )
+    phases = {"scratch": scratch_phase, "distill": distill_phase}
+    for name, tracker in tracked.items():
+        phases[name] = phases[name].model_copy(
+            update={"val_acc_epochs": tracker.val_acc, "test_acc_epochs": tracker.test_acc}
+        )
+    return scratch, backend.trained_model(state), phases
 
 
 def accuracy_metrics(
@@ -264,13 +229,15 @@ def run_cell(
         teacher,
         lambda member: train_teacher(cell, splits.train, settings, teacher_cache, member),
     )
-    scratch, student, student_phases = train_students(cell, splits.train, target)
+    tracked = trackers(cell, splits.val, splits.test)
+    scratch, student, student_phases = train_students(cell, splits.train, target, tracked)
     models = {"teacher": target.teacher if prepared.loss.ensemble_weights else teacher}
     models.update(scratch=scratch, distilled=student, **target.models)
     metrics, eval_phases = evaluate(cell, splits, models)
     metrics = metrics.model_copy(
         update={
             **extra_accuracies(cell, splits, models),
+            **best_epoch_metrics(tracked),
             "teacher_from_cache": from_cache,
             "teacher_params": loaded.teacher_arch.param_count(),
             "student_params": loaded.student_arch.param_count(),

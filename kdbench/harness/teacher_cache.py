@@ -17,6 +17,7 @@ from kdbench.backends.base import Settings, Weights
 from kdbench.records.schema import Phase
 from kdbench.records.store import write_atomic
 from kdbench.spec import LoadedSpec
+from kdbench.spec_nets import drop_later_net_defaults
 
 
 def teacher_key(
@@ -26,9 +27,14 @@ def teacher_key(
     the seed, the backend and the settings that change numerics (not threads);
     member k > 0 is an ensemble's k-th extra teacher (other weights and batches)."""
     spec = loaded.spec
+    data = spec.data.model_dump(mode="json")
+    if data.get("augment") is None:  # a later field: keys made before it still match
+        data.pop("augment", None)
+    teacher = spec.teacher.model_dump(mode="json")
+    drop_later_net_defaults(teacher)
     content = {
-        "data": spec.data.model_dump(mode="json"),
-        "teacher": spec.teacher.model_dump(mode="json"),
+        "data": data,
+        "teacher": teacher,
         "warmup": spec.measure.warmup_steps,
         "backend": backend,
         "seed": seed,

@@ -52,6 +52,9 @@ class _SpecSettings(_Part):
     temperature: float | None = None
     alpha: float | None = None  # the weight of the distillation term, where the spec gives it so
     loss_terms: str | None = None  # the method's weighted terms: "0.1*ce + 0.9*kd"
+    # "per-backend", "shared:<backend>" (one backend's teacher loaded by all) or
+    # "file:<name>@<digest>" (teacher.checkpoint); None in older records.
+    teacher_source: str | None = None
     compile_mode: str | None = None  # the framework's name for the compile mode in force
 
 
@@ -111,6 +114,9 @@ class Phase(_Part):
     device_peak_bytes: int | None = None
     host_peak_rss_bytes: int | None = None
     from_cache: bool | None = None  # teacher: loaded from the teacher cache
+    epoch_eval_s: float | None = None  # measure.best_epoch: evaluating after each epoch
+    val_acc_epochs: list[float] | None = None  # measure.best_epoch: after each epoch
+    test_acc_epochs: list[float] | None = None
 
     def steady_times(self) -> list[float] | None:
         """The raw steady-state times, as the harness split them; None if not recorded."""
@@ -139,6 +145,13 @@ class Metrics(_Part):
     # the argmax of the weighted mean of the members' softmax outputs)
     teacher_members_acc: list[float] | None = None
     assistant_acc: float | None = None  # assistant: the chain's middle link, test split
+    # measure.best_epoch: each student's epoch (from 1) of best validation
+    # accuracy, its test accuracy then, and the gain between the two then.
+    scratch_best_epoch: int | None = None
+    scratch_acc_best_val: float | None = None
+    distilled_best_epoch: int | None = None
+    distilled_acc_best_val: float | None = None
+    gain_best_val: float | None = None
     assistant_val_acc: float | None = None
 
 

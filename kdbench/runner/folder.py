@@ -10,6 +10,7 @@ under the folder's lock, into a folder that holds no other run.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +33,8 @@ from kdbench.runner.job import CellJob
 from kdbench.runner.lock import HOLDER_FILE, LOCK_FILE
 from kdbench.runner.matrix import Matrix
 from kdbench.settings import resolve_settings
-from kdbench.spec import load_spec
+from kdbench.spec import LoadedSpec, load_spec
+from kdbench.toml_files import read_toml
 
 RUN_FILE = "run.json"
 MANIFEST_VERSION = 2
@@ -142,8 +144,9 @@ def plan_run(
                 f"--first-seed {first_seed} leaves no seed of {loaded.path.name}: its seeds "
                 f"are 0..{count - 1} (raise --seeds)"
             )
+        order = _trainer_first(loaded, backends)
         for seed in range(first_seed, count):
-            for round_, (env, python), backend in _turns(envs or {}, rounds, backends):
+            for round_, (env, python), backend in _turns(envs or {}, rounds, order):
                 jobs.append(
                     CellJob(
                         spec_path=f"{SPECS_DIR}/{loaded.path.name}",
@@ -203,6 +206,39 @@ def _turns(
     return out
 
 
+def _trainer_first(loaded: LoadedSpec, backends: list[str]) -> list[str]:
+    """The backends of a spec's cells in run order: with teacher.shared_from, the
+    backend that trains the teacher goes first, and it must be in the run."""
+    trainer = loaded.spec.teacher.shared_from
+    if trainer is None:
+        return list(backends)
+    if trainer not in backends:
+        raise KdbenchError(
+            f"{loaded.path}: teacher.shared_from = {trainer!r}, but this run has no {trainer} "
+            f"cells (backends: {', '.join(backends)}); add it to --backend or load the teacher "
+            "from a file (teacher.checkpoint)"
+        )
+    return [trainer, *(b for b in backends if b != trainer)]
+
+
+def _copy_checkpoints(plan: Plan, out_dir: Path) -> None:
+    """A teacher checkpoint named by a relative path travels with its spec copy,
+    so the run folder holds everything its cells load."""
+    for source in plan.specs.values():
+        raw = read_toml(source)
+        relative = (raw.get("teacher") or {}).get("checkpoint")
+        if not isinstance(relative, str) or Path(relative).is_absolute():
+            continue
+        target = (out_dir / SPECS_DIR / relative).resolve()
+        if not target.is_relative_to((out_dir / SPECS_DIR).resolve()):
+            raise KdbenchError(
+                f"{source}: teacher.checkpoint {relative!r} leaves the spec's folder; "
+                "give an absolute path or a path below the spec's folder"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source.parent / relative, target)
+
+
 def create_run(plan: Plan, out_dir: Path) -> Run:
     """Write a plan into an empty folder (the caller holds its lock, so the folder exists)."""
     present = {p.name for p in out_dir.iterdir()} - FRESH
@@ -222,6 +258,7 @@ def create_run(plan: Plan, out_dir: Path) -> Run:
             (out_dir / sub).mkdir(parents=True, exist_ok=True)
         for name, source in plan.specs.items():
             write_atomic(out_dir / SPECS_DIR / name, source.read_text(encoding="utf-8"))
+        _copy_checkpoints(plan, out_dir)
         jobs = [replace(job, run_id=run_id) for job in plan.jobs]
         _check_copies(out_dir, jobs)
         manifest = {

@@ -60,11 +60,24 @@ def base_record(job: CellJob, loaded: LoadedSpec) -> Record:
             "loss_terms": " + ".join(
                 f"{w:g}*{term}" for term, w in spec.distill.term_weights().items() if w
             ),
+            "teacher_source": teacher_source(loaded),
         },
         host=Host(**host_environment(), executor=os.environ.get(EXECUTOR_ENV, "local")),
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         status="failed",
     )
+
+
+def teacher_source(loaded: LoadedSpec) -> str:
+    """Where the cell's teacher came from: "per-backend" (each trains its own),
+    "shared:<backend>" or "file:<name>@<digest>"."""
+    net = loaded.spec.teacher
+    if loaded.teacher_checkpoint is not None:
+        from kdbench.checkpoint import file_digest
+
+        path = loaded.teacher_checkpoint
+        return f"file:{path.name}@{file_digest(path)}"
+    return f"shared:{net.shared_from}" if net.shared_from else "per-backend"
 
 
 def failure_status(exc: BaseException) -> str:

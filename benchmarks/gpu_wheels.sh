@@ -12,6 +12,6 @@ platforms+=(--platform manylinux2014_x86_64 --platform any)
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp "${platforms[@]}" -d .whl \
   pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.7.0 typing-inspection \
-  typing-extensions mlxtend==0.25.0
+  typing-extensions mlxtend==0.25.0 safetensors
 python3 -m pip wheel -q --no-deps -w .whl .
 ls -la .whl

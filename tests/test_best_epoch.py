@@ -1,5 +1,7 @@
 """measure.best_epoch: the test accuracy at the epoch of best validation
-accuracy, reported beside the last epoch's (never chosen on the test split)."""
+accuracy, reported beside the last epoch's (never chosen on the test split).
+Without it nothing runs between epochs (tests/test_teacher_sources.py checks
+those records)."""
 
 from __future__ import annotations
 
@@ -32,12 +34,3 @@ def test_best_epoch_is_chosen_on_validation_and_reported_apart(tmp_path) -> None
         assert getattr(m, f"{prefix}_acc_best_val") == test[best - 1]
         assert getattr(m, f"{prefix}_acc") == pytest.approx(test[-1])  # the headline: last epoch
     assert m.gain_best_val == pytest.approx(m.distilled_acc_best_val - m.scratch_acc_best_val)
-
-
-def test_without_best_epoch_nothing_runs_between_epochs(tmp_path) -> None:
-    path = tmp_path / "plain.toml"
-    path.write_text(tiny_spec("plain", epochs=1))
-    result = run_cell(load_spec(str(path)), "jax", 0, Settings(threads=2))
-    assert result.metrics.distilled_best_epoch is None
-    assert result.phases["distill"].val_acc_epochs is None
-    assert result.phases["distill"].epoch_eval_s is None

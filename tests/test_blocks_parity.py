@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pytest
 from blocks_checks import (
+    SGD,
     block_nets,
     check_gradients,
     check_inference,
@@ -40,13 +41,11 @@ def test_training_loss_and_gradients(name: str, net: str) -> None:
 @pytest.mark.parametrize("net", sorted(NETS))
 @pytest.mark.parametrize("name", ALL)
 def test_twenty_steps_match_the_oracle(name: str, net: str) -> None:
-    check_training(backend(name), NETS[net])
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_weight_decay_on_kernels_only(name: str) -> None:
-    """optimizer.decay = "kernels": no decay on biases or batch norm (a strong
-    decay, so a backend decaying everything is off by far more than the tolerance)."""
-    sgd = {"name": "sgd", "momentum": 0.9, "nesterov": False}
-    optimizer = {**sgd, "weight_decay": 0.05, "decay": "kernels"}
-    check_training(backend(name), NETS["resnet-block"], optimizer=optimizer)
+    """vgg-block trains with the CIFAR recipe's decay on every parameter;
+    resnet-block with optimizer.decay = "kernels" (no decay on biases or batch
+    norm) and a strong decay, so a backend decaying everything is off by 0.12
+    relative, far beyond the tolerance."""
+    kernels_only = {**SGD, "weight_decay": 0.05, "decay": "kernels"}
+    check_training(
+        backend(name), NETS[net], optimizer=kernels_only if net == "resnet-block" else SGD
+    )

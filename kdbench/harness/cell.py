@@ -3,7 +3,8 @@
 Both students start from the same weights and see the same batches; the
 scratch student learns from the labels alone, the distilled one from the
 frozen teacher too. Accuracies are measured on the test split after the last
-epoch (never the best epoch), and on the validation split for tuning.
+epoch, and on the validation split for tuning; with measure.best_epoch also
+at the epoch of best validation accuracy (never chosen on the test split).
 """
 
 from __future__ import annotations

@@ -9,6 +9,13 @@ from typing import Any
 
 import pytest
 
+# Two test workers share two cores, and every cell a test starts is one more
+# process: libgomp's spinning threads (PyTorch's) then burn the cores the
+# others wait for, and a quick PyTorch cell took 22-31 s instead of 10 s
+# next to a busy process. Tests time nothing that spinning would speed up;
+# set before anything loads an OpenMP runtime, inherited by every cell.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from kdbench.backends.base import Backend, Settings, backend_names, get_backend, is_installed
 
 MARKS = {"pytorch": "torch", "tensorflow": "tensorflow", "jax": "jax"}

@@ -2,8 +2,7 @@
 
 Every number shown comes from the records alone. A section holds the cells
 that ran on the same hardware with the same fairness settings, because only
-those may share a table; inside a section there is one row per spec and
-backend, aggregated over seeds.
+those may share a table; inside it, a row per spec and backend, over seeds.
 """
 
 from __future__ import annotations
@@ -188,6 +187,8 @@ def _row_label(frame: pd.DataFrame) -> pd.Series:
 
 def build(runs: Sequence[str | Path]) -> Report:
     """Read the runs and compute every table of the report."""
+    from kdbench.report.sweep import sweep_tables  # it imports this module
+
     frame = load(runs)
     settings_cols = _settings_columns(frame)
     sections = []
@@ -204,9 +205,8 @@ def build(runs: Sequence[str | Path]) -> Report:
         cells["spec"] = _row_label(cells)
         section = Section(index, hardware, settings, cells)
         section.tables = [_accuracy(section), _phases(section), _host(section)]
-        failures = _failures(section)
-        if failures is not None:
-            section.tables.append(failures)
+        section.tables += [t for t in [_failures(section)] if t is not None]
+        section.tables += sweep_tables(section)
         sections.append(section)
     notes = code_notes(frame)
     if len(sections) > 1:

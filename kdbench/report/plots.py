@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from kdbench.records.schema import column, phase_column
 from kdbench.report.aggregate import Section
 from kdbench.report.quantities import MIB, PHASE_NAMES, TRAIN_PHASES, backend_order, phases_of
+from kdbench.report.sweep import find_sweeps, heatmap
 
 COLORS = {"pytorch": "#d62728", "tensorflow": "#2ca02c", "jax": "#1f77b4"}
 MARKERS = {"pytorch": "o", "tensorflow": "s", "jax": "^"}
@@ -81,6 +82,9 @@ def draw_all(sections: Iterable[Section], out_dir: Path) -> list[Plot]:
                 caption = draw(cells, spec, path)
                 if caption is not None:
                     plots.append(Plot(section.index, spec, kind, path, caption))
+        for found in find_sweeps(section.cells):
+            path = out_dir / f"s{section.index}-{_slug(found.spec)}-sweep.png"
+            plots.append(Plot(section.index, found.spec, "sweep", path, heatmap(found, path)))
     return plots
 
 

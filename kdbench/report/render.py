@@ -102,6 +102,9 @@ def csv_tables(report: Report) -> dict[str, pd.DataFrame]:
     for name in TIDY_TABLES:
         parts = [t.tidy for s in report.sections for t in s.tables if t.name == name]
         out[name] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    sweeps = [t.tidy for s in report.sections for t in s.tables if t.name == "sweep"]
+    if sweeps:
+        out["sweep"] = pd.concat(sweeps, ignore_index=True)
     for name in COMPARISON_TABLES:
         parts = [t.tidy for c in report.comparisons for t in c.tables if t.name == name]
         if parts:

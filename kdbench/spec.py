@@ -58,6 +58,11 @@ class AugmentSpec(_Strict):
 
     crop_padding: int = Field(0, ge=0, le=16)
     flip: bool = False
+    # Which nets train on augmented batches: "all" (the CIFAR recipe) or
+    # "teacher" only (Hinton et al.'s MNIST experiment: the teacher learns
+    # shift invariance from jittered digits, both students see plain ones,
+    # and the distilled one can learn the invariance from the soft targets).
+    nets: Literal["all", "teacher"] = "all"
 
     @model_validator(mode="after")
     def _something(self) -> AugmentSpec:
@@ -230,10 +235,12 @@ class Spec(_Strict):
             raise ValueError(
                 "teacher.checkpoint: one file is one teacher; method 'ensemble' trains several"
             )
-        if self.distill.method == "offline" and self.data.augment is not None:
+        aug = self.data.augment
+        if self.distill.method == "offline" and aug is not None and aug.nets == "all":
             raise ValueError(
                 "data.augment: method 'offline' computes the teacher's logits once, on "
-                "unaugmented images; remove augment or use method 'soft'"
+                "unaugmented images; remove augment, set augment.nets = 'teacher' or use "
+                "method 'soft'"
             )
         return self
 
@@ -271,6 +278,8 @@ def spec_hash(spec: Spec, checkpoint_digest: str | None = None) -> str:
     for net in ("teacher", "student", "assistant"):
         if content.get(net):
             drop_later_net_defaults(content[net])
+    if (content["data"].get("augment") or {}).get("nets") == "all":  # a later field
+        del content["data"]["augment"]["nets"]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

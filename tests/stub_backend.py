@@ -166,7 +166,10 @@ class StubBackend(Backend):
         delay = float(os.environ.get("KDBENCH_STUB_STEP_S", "0"))
         if delay:
             time.sleep(delay)
-        batch = x[indices] if crops is None else augment_batch(x[indices], state.augment, crops)
+        batch = x[indices]
+        if crops is not None:  # the stub keeps images flat: crop them in their own shape
+            images = batch.reshape(len(batch), *state.model.arch.input_shape)
+            batch = augment_batch(images, state.augment, crops).reshape(len(batch), -1)
         logits = batch @ state.model.projection
         state.model.projection -= np.float32(lr * 1e-3) * np.sign(state.model.projection)
         state.model.steps += 1

@@ -63,3 +63,71 @@ def test_offline_with_augmentation_and_mirrored_digits_are_refused(tmp_path) -> 
         load_spec(str(spec))
     spec.write_text(base.replace("AUG", "{ crop_padding = 2 }").replace("METHOD", "soft"))
     assert load_spec(str(spec)).spec.data.augment.crop_padding == 2
+    # augment.nets = "teacher": the students train on plain images, so the
+    # offline teacher logits are computed on what the student sees: allowed.
+    spec.write_text(
+        base.replace("AUG", '{ crop_padding = 2, nets = "teacher" }').replace("METHOD", "offline")
+    )
+    assert load_spec(str(spec)).spec.data.augment.nets == "teacher"
+    spec.write_text(base.replace("AUG", '{ crop_padding = 2, nets = "some" }'))
+    with pytest.raises(KdbenchError, match="nets"):
+        load_spec(str(spec))
+
+
+def test_teacher_only_augmentation_leaves_the_students_plain(tmp_path) -> None:
+    """The teacher's plan carries crops and its training augments; the scratch
+    and distilled students' plans carry none; the teacher (and so its cache key)
+    is the one an all-nets spec trains; "all" keeps the hashes of before."""
+    from kdbench.harness.prepare import prepare_cell
+    from kdbench.harness.teacher_cache import teacher_key
+    from kdbench.settings import Settings
+
+    base = (
+        'name = "s"\n[data]\ndataset = "digits"\nAUG\n'
+        '[teacher]\narch = "mlp-16"\nepochs = 1\nbatch_size = 8\noptimizer = { name = "sgd", lr = 0.1 }\n'
+        '[student]\narch = "mlp-16"\nepochs = 1\nbatch_size = 8\noptimizer = { name = "sgd", lr = 0.1 }\n'
+        '[distill]\nmethod = "soft"\n'
+    )
+    loaded = {}
+    for name, aug in [
+        ("teacher", 'augment = { crop_padding = 2, nets = "teacher" }'),
+        ("all", "augment = { crop_padding = 2 }"),
+        ("all-spelt", 'augment = { crop_padding = 2, nets = "all" }'),
+    ]:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(base.replace("AUG", aug))
+        loaded[name] = load_spec(str(path))
+    only, every = prepare_cell(loaded["teacher"], 0), prepare_cell(loaded["all"], 0)
+    assert only.teacher_augment == every.teacher_augment is not None
+    assert only.student_augment is None and every.student_augment is not None
+    assert only.teacher_plan.crops is not None and only.student_plan.crops is None
+    np.testing.assert_array_equal(only.teacher_plan.crops, every.teacher_plan.crops)
+    np.testing.assert_array_equal(only.student_plan.indices, every.student_plan.indices)
+    keys = {teacher_key(loaded[n], "jax", 0, Settings()) for n in loaded}
+    assert len(keys) == 1
+    assert loaded["all"].content_hash == loaded["all-spelt"].content_hash
+    assert loaded["teacher"].content_hash != loaded["all"].content_hash
+
+
+def test_a_teacher_only_augmented_cell_runs_end_to_end(tmp_path) -> None:
+    """The stub backend refuses crops without an Augment and the reverse, so the
+    cell runs only if the teacher trains augmented and both students plain."""
+    import os
+    from pathlib import Path
+
+    from conftest import run_kdbench, tiny_spec
+
+    tests = str(Path(__file__).resolve().parent)
+    env = {
+        "KDBENCH_BACKENDS": "stub=stub_backend:StubBackend",
+        "PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p),
+    }
+    spec = tmp_path / "s.toml"
+    text = tiny_spec("s", epochs=1, batch_size=64)
+    for nets in ("teacher", "all"):
+        aug = f'[data]\ndataset = "digits"\naugment = {{ crop_padding = 1, nets = "{nets}" }}'
+        spec.write_text(text.replace('[data]\ndataset = "digits"', aug))
+        out = tmp_path / f"run-{nets}"
+        proc = run_kdbench("run", str(spec), "--backend", "stub", "--out", str(out), env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert '"status": "ok"' in (out / "results.jsonl").read_text()

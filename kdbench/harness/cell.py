@@ -74,7 +74,9 @@ def train_students(
     tracked = tracked or {}
     arch, net = p.loaded.student_arch, p.spec.student
     scratch = backend.build(arch, p.student_weights, seed=p.scratch_seed)
-    state = backend.init_train(scratch, p.student_optimizer, LossConfig("none"), augment=p.augment)
+    state = backend.init_train(
+        scratch, p.student_optimizer, LossConfig("none"), augment=p.student_augment
+    )
     state, scratch_phase = train_phase(
         cell, "scratch", net, state, train, p.student_plan, epoch_end=tracked.get("scratch")
     )
@@ -87,7 +89,7 @@ def train_students(
         p.loss,
         teacher=target.teacher,
         connectors=p.connectors,
-        augment=p.augment,
+        augment=p.student_augment,
     )
     state, distill_phase = train_phase(
         cell,

@@ -47,7 +47,10 @@ class PreparedCell:
     extra_nets: dict[str, NetStart]
     teacher_optimizer: dict[str, Any]
     student_optimizer: dict[str, Any]
-    augment: Augment | None = None  # every training phase's (its crops are in the plans)
+    # The augmentation of the teachers' and of the students' training (their
+    # crops are in the plans): both, or the teachers' only (augment.nets).
+    teacher_augment: Augment | None = None
+    student_augment: Augment | None = None
 
     @property
     def spec(self) -> Spec:
@@ -98,6 +101,8 @@ def prepare_cell(loaded: LoadedSpec, seed: int, data_dir: str | None = None) -> 
     data = load_spec_data(spec, seed, data_dir)
     n_train = len(data.y_train)
     augment = augmentation(spec, data)
+    plain = spec.data.augment is not None and spec.data.augment.nets == "teacher"
+    student_augment = None if plain else augment
     dropout = rng_for(seed, "dropout").integers(0, 2**31 - 1, size=3)
     distill = spec.distill
     shapes = connector_shapes(
@@ -110,16 +115,17 @@ def prepare_cell(loaded: LoadedSpec, seed: int, data_dir: str | None = None) -> 
         teacher_weights=init_weights(loaded.teacher_arch, rng_for(seed, "teacher-init")),
         student_weights=init_weights(loaded.student_arch, rng_for(seed, "student-init")),
         teacher_plan=planned(n_train, spec.teacher, seed, "teacher", augment),
-        student_plan=planned(n_train, spec.student, seed, "student", augment),
+        student_plan=planned(n_train, spec.student, seed, "student", student_augment),
         teacher_seed=int(dropout[0]),
         scratch_seed=int(dropout[1]),
         student_seed=int(dropout[2]),
         loss=loss_config(loaded),
         connectors=init_connectors(shapes, rng_for(seed, "connector-init")),
-        extra_nets=extra_nets(loaded, seed, n_train, augment),
+        extra_nets=extra_nets(loaded, seed, n_train, augment, student_augment),
         teacher_optimizer=spec.teacher.optimizer.resolved(),
         student_optimizer=spec.student.optimizer.resolved(),
-        augment=augment,
+        teacher_augment=augment,
+        student_augment=student_augment,
     )
 
 
@@ -138,21 +144,27 @@ def loss_config(loaded: LoadedSpec) -> LossConfig:
 
 
 def extra_nets(
-    loaded: LoadedSpec, seed: int, n_train: int, augment: Augment | None = None
+    loaded: LoadedSpec,
+    seed: int,
+    n_train: int,
+    augment: Augment | None = None,
+    student_augment: Augment | None = None,
 ) -> dict[str, NetStart]:
     """The method's other networks, each from streams of its own (the first
-    teacher keeps the streams it always had, so it stays the cached one)."""
+    teacher keeps the streams it always had, so it stays the cached one). The
+    ensemble's teachers augment as the teacher does, the assistant (a
+    distilled net) as the students do."""
     spec = loaded.spec
-    nets: dict[str, tuple[Any, NetSpec]] = {}
+    nets: dict[str, tuple[Any, NetSpec, Augment | None]] = {}
     for k in range(1, spec.distill.teachers):
-        nets[f"teacher{k}"] = (loaded.teacher_arch, spec.teacher)
+        nets[f"teacher{k}"] = (loaded.teacher_arch, spec.teacher, augment)
     if spec.assistant is not None and loaded.assistant_arch is not None:
-        nets["assistant"] = (loaded.assistant_arch, spec.assistant)
+        nets["assistant"] = (loaded.assistant_arch, spec.assistant, student_augment)
     out = {}
-    for name, (arch, net) in nets.items():
+    for name, (arch, net, aug) in nets.items():
         out[name] = NetStart(
             weights=init_weights(arch, rng_for(seed, f"{name}-init")),
-            plan=planned(n_train, net, seed, name, augment),
+            plan=planned(n_train, net, seed, name, aug),
             seed=int(rng_for(seed, f"{name}-dropout").integers(0, 2**31 - 1)),
         )
     return out

@@ -75,7 +75,11 @@ def distillation_target(
         assert spec.assistant is not None and arch is not None
         assistant = backend.build(arch, start.weights, seed=start.seed)
         state = backend.init_train(
-            assistant, spec.assistant.optimizer.resolved(), p.loss, teacher, augment=p.augment
+            assistant,
+            spec.assistant.optimizer.resolved(),
+            p.loss,
+            teacher,
+            augment=p.student_augment,
         )
         link_flops = (
             forward_flops(loaded.teacher_arch) + train_flops(arch)

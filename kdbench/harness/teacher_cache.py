@@ -30,6 +30,8 @@ def teacher_key(
     data = spec.data.model_dump(mode="json")
     if data.get("augment") is None:  # a later field: keys made before it still match
         data.pop("augment", None)
+    else:  # whether the students augment too does not change the teacher
+        data["augment"].pop("nets", None)
     teacher = spec.teacher.model_dump(mode="json")
     drop_later_net_defaults(teacher)
     content = {

@@ -58,7 +58,7 @@ def prepare(
     is set up with settings.
     """
     prepared = prepare_cell(load_spec(spec), seed)
-    if prepared.augment is not None:
+    if prepared.teacher_augment is not None:
         raise KdbenchError(
             f"{spec}: the bare loops do not augment, so the overhead benchmark takes specs "
             "without data.augment"

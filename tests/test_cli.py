@@ -117,6 +117,9 @@ def test_a_cell_past_its_time_limit_is_stopped(tmp_path: Path) -> None:
         (["show", "no-such-run"], "run folder no-such-run does not exist"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["run", "--compile", "fast"], "argument --compile: invalid choice: 'fast'"),
+        # the hint names the verb's own help, not "kdbench kdbench"
+        (["run", "--dry-run"], "unrecognized arguments: --dry-run (see 'kdbench run --help')"),
+        (["show", "--bogus", "x"], "(see 'kdbench show --help')"),
     ],
 )
 def test_bad_command_lines_are_one_line_errors(

@@ -30,7 +30,11 @@ def _warning_line(message: Warning | str, *args: object, **kwargs: object) -> No
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _warning_line  # one line each, without the source line
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # the verb's own parser names itself in the hint
+            verb = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+            verb.error(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
     except KdbenchError as exc:
         print_error(str(exc))

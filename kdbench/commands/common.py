@@ -19,7 +19,7 @@ class Parser(argparse.ArgumentParser):
     """Argument mistakes become KdbenchError: one line, exit 2, no usage dump."""
 
     def error(self, message: str) -> NoReturn:
-        raise KdbenchError(f"{message} (see 'kdbench {self.prog.split()[-1]} --help')")
+        raise KdbenchError(f"{message} (see '{self.prog} --help')")
 
 
 def print_error(message: str) -> None:

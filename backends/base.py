@@ -1,4 +1,4 @@
-"""The contract between the harness and a framework, and the registry.
+"""The contract between the harness and a framework (the registry: registry.py).
 
 The harness owns the data, the initial weights, the batch plan, the loop and
 the clock. A backend owns tensors and math only: it builds the neutral
@@ -11,9 +11,6 @@ on, and the bare loop the overhead benchmark times beside the harness.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -23,7 +20,6 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 
 from kdbench.architectures import Architecture
-from kdbench.errors import KdbenchError
 from kdbench.settings import Settings
 
 __all__ = [
@@ -350,70 +346,11 @@ class Backend(ABC):
         """Peak device bytes in use since the last reset; None without a counter."""
 
 
-# name -> (module holding the Backend subclass, class name, import names it needs)
-REGISTRY: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "pytorch": ("kdbench.backends.pytorch.backend", "PyTorchBackend", ("torch",)),
-    "tensorflow": ("kdbench.backends.tensorflow.backend", "TensorFlowBackend", ("tensorflow",)),
-    "jax": ("kdbench.backends.jax.backend", "JaxBackend", ("jax", "flax", "optax")),
-}
-# More backends, outside kdbench: "name=module:Class,..." (the cells' processes
-# inherit it). The tests use it for a stub backend whose cells take a second.
-PLUGINS_ENV = "KDBENCH_BACKENDS"
-
-INSTALL_HINT = {
-    "pytorch": "pip install 'kdbench[torch]'",
-    "tensorflow": "pip install 'kdbench[tensorflow]'",
-    "jax": "pip install 'kdbench[jax]'",
-}
-
-
-def registry() -> dict[str, tuple[str, str, tuple[str, ...]]]:
-    """The built-in backends, then those named in $KDBENCH_BACKENDS."""
-    entries = dict(REGISTRY)
-    for item in os.environ.get(PLUGINS_ENV, "").split(","):
-        if not item.strip():
-            continue
-        name, _, target = item.partition("=")
-        module, _, cls = target.partition(":")
-        if not (name.strip() and module.strip() and cls.strip()):
-            raise KdbenchError(
-                f"${PLUGINS_ENV}: {item!r} is not name=module:Class (several: comma-separated)"
-            )
-        entries[name.strip()] = (module.strip(), cls.strip(), ())
-    return entries
-
-
-def backend_names() -> list[str]:
-    return list(registry())
-
-
-def is_installed(name: str) -> bool:
-    """Whether the framework can be imported, without importing it."""
-    module, _, needs = registry()[name]
-    if not all(importlib.util.find_spec(n) is not None for n in needs):
-        return False
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # the backend's package itself is missing
-        return False
-
-
-def installed_backends() -> list[str]:
-    return [name for name in registry() if is_installed(name)]
-
-
-def check_backend(name: str) -> None:
-    """One-line errors for an unknown or missing backend."""
-    names = registry()
-    if name not in names:
-        raise KdbenchError(f"unknown backend {name!r}; allowed: {', '.join(names)}")
-    if not is_installed(name):
-        hint = INSTALL_HINT.get(name, f"make {names[name][0]} importable")
-        raise KdbenchError(f"backend {name!r} is not installed here; install it with {hint}")
-
-
-def get_backend(name: str) -> Backend:
-    """Import one backend's package (and so its framework) and instantiate it."""
-    check_backend(name)
-    module, cls, _ = registry()[name]
-    return getattr(importlib.import_module(module), cls)()
+# The registry lives in its own module; these names stay importable from here.
+from kdbench.backends.registry import (  # noqa: E402
+    backend_names,
+    check_backend,
+    get_backend,
+    installed_backends,
+    is_installed,
+)

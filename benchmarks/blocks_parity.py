@@ -16,20 +16,17 @@ statistics 1e-5, pixels exactly. Each backend runs in its own process.
 # ruff: noqa: E402 (the imports after the sys.path fix below must stay after it)
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
+from per_backend import measure_per_backend
 from rich.console import Console
 from rich.table import Table
-
-BACKENDS = ("pytorch", "tensorflow", "jax")
 
 
 def _err(a: np.ndarray, b: np.ndarray, floor: float = 0.0) -> float:
@@ -59,15 +56,13 @@ def measure(name: str) -> dict:
         loss, grads = backend.loss_and_grads(backend.build(arch, w), xb, yb, LossConfig("none"))
         want_loss, want = backward.loss_and_grads(arch, w, xb, yb, "none")
         row["loss"] = abs(loss - want_loss) / abs(want_loss)
-        floor = 1e-2 * max(float(np.abs(g).max()) for g in want.values())
-        row["grad"] = max(_err(grads[k], want[k], floor) for k in want)
+        row["grad"] = max(bc.floored_errors(grads, want, list(want)).values())
         x64, y64 = bc.data(arch, n=64)
         plan, lrs = bc.plan_for(64)
         got = bc.backend_run(backend, arch, w, x64, y64, plan, lrs)
         ref = bc.oracle_run(arch, w, x64, y64, plan, lrs)
         row["stats"] = max(_err(got[k], ref[k]) for k in arch.state_shapes())
-        pfloor = 1e-2 * max(float(np.abs(ref[k]).max()) for k in arch.param_shapes())
-        row["weights"] = max(_err(got[k], ref[k], pfloor) for k in arch.param_shapes())
+        row["weights"] = max(bc.floored_errors(got, ref, list(arch.param_shapes())).values())
         row["final"] = {k: v.tolist() for k, v in got.items()}
         out[net_name] = row
     aug = Augment(pad=4, flip=True, fill=(-1.9, -1.9, -1.7))
@@ -96,21 +91,11 @@ def padding_trap() -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        print(json.dumps(measure(args.child)))
+    import blocks_checks as bc
+
+    results = measure_per_backend(__file__, measure, __doc__.splitlines()[0])
+    if results is None:
         return
-    results = {}
-    for name in args.backends:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", name], capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
-            raise SystemExit(f"{name}: {proc.stderr.strip().splitlines()[-1]}")
-        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     table = Table(title="batch norm / residual / padding parity: worst relative errors vs float64")
     cols = ("net", "backend", "logits (eval)", "loss (train)", "grad", "20-step running stats")
     for col in (*cols, "20-step weights", "vs PyTorch 20 steps", "augmented pixels off"):
@@ -121,8 +106,11 @@ def main() -> None:
             vs = "-"
             if name != "pytorch" and "pytorch" in results:
                 ref = results["pytorch"][net]["final"]
-                floor = 1e-2 * max(float(np.abs(np.array(v)).max()) for v in ref.values())
-                vs = f"{max(_err(np.array(r['final'][k]), np.array(ref[k]), floor) for k in ref):.1e}"
+                final = {k: np.array(v) for k, v in r["final"].items()}
+                errors = bc.floored_errors(
+                    final, {k: np.array(v) for k, v in ref.items()}, list(ref)
+                )
+                vs = f"{max(errors.values()):.1e}"
             table.add_row(
                 net,
                 name,

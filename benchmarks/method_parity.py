@@ -14,20 +14,17 @@ Each backend runs in its own process (one framework per process).
 # ruff: noqa: E402 (the imports after the sys.path fix below must stay after it)
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
+from per_backend import measure_per_backend
 from rich.console import Console
 from rich.table import Table
-
-BACKENDS = ("pytorch", "tensorflow", "jax")
 
 
 def measure(name: str) -> dict:
@@ -84,21 +81,9 @@ def versus(ours: dict, ref: dict) -> tuple[float | None, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        print(json.dumps(measure(args.child)))
+    results = measure_per_backend(__file__, measure, __doc__.splitlines()[0])
+    if results is None:
         return
-    results = {}
-    for name in args.backends:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", name], capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
-            raise SystemExit(f"{name}: {proc.stderr.strip().splitlines()[-1]}")
-        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     table = Table(title="method parity: worst relative errors (loss 1e-5, the rest 1e-4 allowed)")
     for col in ("method case", "backend", "loss", "grad", "20-step loss", "20-step weights"):
         table.add_column(col, justify="left" if col in ("method case", "backend") else "right")

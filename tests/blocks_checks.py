@@ -19,7 +19,7 @@ from kdbench.architectures import (
     Residual,
     resolve,
 )
-from kdbench.backends.base import Backend, LossConfig
+from kdbench.backends.base import Backend, LossConfig, Weights
 from kdbench.initial_weights import init_weights
 from kdbench.plan import rng_for
 
@@ -102,6 +102,21 @@ def check_inference(
     assert_close(out, network.forward(arch, w, x), 1e-5, f"{arch.name} inference logits")
 
 
+def floored_errors(
+    got: Weights, want: Weights, scale_of: list[str], names: list[str] | None = None
+) -> dict[str, float]:
+    """Each array's largest error relative to its own largest value, but to at
+    least 1% of the largest value among scale_of. A conv bias right before a
+    batch norm (VGG's) has a gradient of exactly 0 and stays at 0: its float32
+    value is rounding noise, which a plain relative error would blow up."""
+    floor = 1e-2 * max(float(np.abs(want[n]).max()) for n in scale_of)
+    out = {}
+    for name in names if names is not None else scale_of:
+        a, b = np.asarray(got[name], np.float64), np.asarray(want[name], np.float64)
+        out[name] = float(np.abs(a - b).max()) / max(float(np.abs(b).max()), floor, 1e-30)
+    return out
+
+
 def check_gradients(backend: Backend, arch: Architecture) -> None:
     """Training-mode loss and every gradient against the oracle; the model's
     running statistics untouched by loss_and_grads."""
@@ -112,12 +127,7 @@ def check_gradients(backend: Backend, arch: Architecture) -> None:
     want_loss, want = backward.loss_and_grads(arch, w, x, y, "none")
     assert_close(np.array(loss), np.array(want_loss), 1e-5, f"{arch.name} training loss")
     assert set(grads) == set(arch.param_shapes())
-    # A conv bias right before a batch norm (VGG's) has a gradient of exactly 0:
-    # its float32 value is rounding noise, so every gradient's error is taken
-    # relative to at least 1% of the largest gradient of the net.
-    floor = 1e-2 * max(float(np.abs(g).max()) for g in want.values())
-    for name, g in want.items():
-        err = float(np.abs(grads[name] - g).max()) / max(float(np.abs(g).max()), floor)
+    for name, err in floored_errors(grads, want, list(want)).items():
         assert err <= 1e-4, f"{arch.name} gradient {name}: relative error {err:.3g} > 0.0001"
     after = backend.get_weights(model)
     for name in arch.state_shapes():
@@ -172,11 +182,7 @@ def check_training(
     assert set(got) == set(arch.weight_shapes())
     for name in arch.state_shapes():
         assert_close(got[name], want[name], STATS_TOL, f"{arch.name} running {name}")
-    floor = 1e-2 * max(float(np.abs(want[n]).max()) for n in arch.param_shapes())
-    for name in arch.param_shapes():  # a bias before a batch norm stays at 0: see check_gradients
-        err = float(np.abs(got[name] - want[name]).max()) / max(
-            float(np.abs(want[name]).max()), floor
-        )
+    for name, err in floored_errors(got, want, list(arch.param_shapes())).items():
         assert err <= WEIGHTS_TOL, f"{arch.name} trained {name}: relative error {err:.3g}"
     return got
 
@@ -213,9 +219,6 @@ def check_augmented_training(backend: Backend, arch: Architecture) -> None:
         stats = backward.running_stats(arch, current, xb)
         params = {k: current[k] for k in arch.param_shapes()}
         current = {**opt.step(params, grads, 0.05), **stats}
-    floor = 1e-2 * max(float(np.abs(current[n]).max()) for n in arch.param_shapes())
-    for name in arch.weight_shapes():  # the floor: see check_gradients
-        err = float(np.abs(got_w[name] - current[name]).max()) / max(
-            float(np.abs(current[name]).max()), floor
-        )
+    errors = floored_errors(got_w, current, list(arch.param_shapes()), list(arch.weight_shapes()))
+    for name, err in errors.items():
         assert err <= WEIGHTS_TOL, f"augmented {name}: relative error {err:.3g}"

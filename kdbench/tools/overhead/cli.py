@@ -14,7 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kdbench.backends.base import REGISTRY, Settings, installed_backends
+from kdbench.backends.base import Settings, installed_backends
+from kdbench.backends.registry import REGISTRY
 from kdbench.settings import Device
 from kdbench.spec import DEFAULT_SPEC
 from kdbench.tools.overhead.measure import (

@@ -69,6 +69,16 @@ def test_a_shared_teacher_gives_every_backend_the_same_distillation_start(tmp_pa
     assert record["metrics"]["teacher_acc"] == records["jax"]["metrics"]["teacher_acc"]
     assert record["phases"]["distill"]["loss_step0"] == pytest.approx(step0[0], rel=1e-5)
     assert (run2 / "specs" / "teachers" / "t.safetensors").is_file()  # the run carries it
+    assert "was trained at seed" not in done.stdout + done.stderr
+    # Seed 1 splits the data otherwise: the seed-0 teacher may have trained on
+    # seed 1's test images, and the run says so.
+    done = run_kdbench(
+        "run", file_spec, "--backend", "pytorch", "--seeds", "2", "--first-seed", "1",
+        "--out", str(tmp_path / "run3"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = " ".join((done.stdout + done.stderr).split())
+    assert "t.safetensors was trained at seed 0, on that seed's split; seed 1" in said
 
 
 @pytest.mark.torch

@@ -49,7 +49,10 @@ def _checkpoint_teacher(cell: Cell) -> tuple[Any, Phase, bool]:
 
     p = cell.prepared
     assert p.loaded.teacher_checkpoint is not None
-    weights, _ = load_teacher(p.loaded.teacher_checkpoint, p.loaded.teacher_arch)
+    path = p.loaded.teacher_checkpoint
+    weights, meta = load_teacher(path, p.loaded.teacher_arch)
+    if meta.get("seed") not in (None, str(p.seed)):
+        cell.emit({"warning": checkpoint_seed_warning(path.name, meta["seed"], p.seed)})
     cell.emit({"phase": "teacher", "cached": True})
     teacher = cell.backend.build(p.loaded.teacher_arch, weights, seed=p.teacher_seed)
     return teacher, Phase(from_cache=True), True
@@ -96,10 +99,23 @@ def _train_teacher(
         teacher = backend.build(p.loaded.teacher_arch, cached[0], seed=start.seed)
         return teacher, cached[1].model_copy(update={"from_cache": True}), True
     teacher = backend.build(p.loaded.teacher_arch, start.weights, seed=start.seed)
-    state = backend.init_train(teacher, p.teacher_optimizer, LossConfig("none"), augment=p.augment)
+    state = backend.init_train(
+        teacher, p.teacher_optimizer, LossConfig("none"), augment=p.teacher_augment
+    )
     flops = train_flops(p.loaded.teacher_arch) * start.plan.batch_size
     state, phase = train_phase(cell, name, p.spec.teacher, state, train, start.plan, 0, flops)
     teacher = backend.trained_model(state)
     if cache is not None:
         save_cached_teacher(cache, key, backend.get_weights(teacher), phase)
     return teacher, phase.model_copy(update={"from_cache": False}), False
+
+
+def checkpoint_seed_warning(name: str, trained: str, seed: int) -> str:
+    """A teacher from another seed trained on that seed's split, which may hold
+    this cell's validation and test images."""
+    return (
+        f"teacher.checkpoint {name} was trained at seed {trained}, on that seed's split; seed "
+        f"{seed} splits the data differently, so the teacher may have seen this cell's "
+        "validation or test images and its accuracies are optimistic (export one checkpoint "
+        "per seed, or use teacher.shared_from)"
+    )

@@ -79,6 +79,8 @@ def test_report_writes_the_heatmap_and_the_csv(tmp_path: Path) -> None:
     assert set(csv["x"]) == {"distill.temperature"} and set(csv["y"]) == {"distill.alpha"}
     md = (out / "report.md").read_text()
     assert "Sweep of tiny: validation gain" in md and "not for choosing" in md
+    # the heatmap stands for the grid: no figures per grid point
+    assert not [n for n in names if n.startswith("plots/") and not n.endswith("-sweep.png")]
 
 
 def test_one_swept_key_is_not_a_sweep(tmp_path: Path) -> None:

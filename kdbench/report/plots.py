@@ -71,10 +71,13 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def draw_all(sections: Iterable[Section], out_dir: Path) -> list[Plot]:
-    """Every figure of every section and spec; one spec's figures sit together."""
+    """Every figure of every section and spec; one spec's figures sit together.
+    A swept spec gets its heatmap instead of four figures per grid point."""
     plots: list[Plot] = []
     for section in sections:
-        for spec in dict.fromkeys(section.cells["spec"]):
+        sweeps = find_sweeps(section.cells)
+        swept = section.cells[column("spec.name")].isin([found.spec for found in sweeps])
+        for spec in dict.fromkeys(section.cells.loc[~swept, "spec"]):
             cells = section.cells[section.cells["spec"] == spec]
             stem = f"s{section.index}-{_slug(spec)}"
             for kind, draw in DRAWERS.items():
@@ -82,7 +85,7 @@ def draw_all(sections: Iterable[Section], out_dir: Path) -> list[Plot]:
                 caption = draw(cells, spec, path)
                 if caption is not None:
                     plots.append(Plot(section.index, spec, kind, path, caption))
-        for found in find_sweeps(section.cells):
+        for found in sweeps:
             path = out_dir / f"s{section.index}-{_slug(found.spec)}-sweep.png"
             plots.append(Plot(section.index, found.spec, "sweep", path, heatmap(found, path)))
     return plots

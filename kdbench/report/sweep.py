@@ -132,7 +132,9 @@ def heatmap(sweep: Sweep, path: Path) -> str:
                 point = mine.loc[(yv, xv)]
                 grid[i, j] = point["val_gain_pts"]
                 star = "*" if point["val_gain_ci_low"] > 0 else ""
-                ax.text(j, i, f"{grid[i, j]:+.1f}{star}", ha="center", va="center", fontsize=8)
+                color = "white" if abs(grid[i, j]) > 0.6 * bound else "black"
+                text = f"{grid[i, j]:+.1f}{star}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
         image = ax.imshow(grid, cmap="RdBu", norm=norm, origin="lower", aspect="auto")
         ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
         ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 
@@ -13,13 +12,15 @@ from kdbench.errors import KdbenchError
 COMMANDS = (run, show, listing, validate, report, compare, export_teacher)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     parser = Parser(
         prog="kdbench", description="Knowledge-distillation benchmarks across frameworks."
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in COMMANDS:
-        command.add_parser(sub).set_defaults(func=command.run)
+        verb = command.add_parser(sub)
+        verb.set_defaults(func=command.run)
+        parser.verbs[verb.prog.split()[-1]] = verb
     return parser
 
 
@@ -33,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         if extra:  # the verb's own parser names itself in the hint
-            verb = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
-            verb.error(f"unrecognized arguments: {' '.join(extra)}")
+            parser.verbs[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
     except KdbenchError as exc:
         print_error(str(exc))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rich.console import Console
 
@@ -17,6 +17,10 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 class Parser(argparse.ArgumentParser):
     """Argument mistakes become KdbenchError: one line, exit 2, no usage dump."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.verbs: dict[str, Parser] = {}  # the top-level parser's subcommands, by name
 
     def error(self, message: str) -> NoReturn:
         raise KdbenchError(f"{message} (see '{self.prog} --help')")

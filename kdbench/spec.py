@@ -31,6 +31,8 @@ from kdbench.spec_nets import (
 )
 from kdbench.toml_files import read_toml
 
+# The speed tools' workload (overhead, reference ratios, step benchmarks); the
+# default matrix runs mnist5k-jitter, whose distillation phase is slower to time.
 DEFAULT_SPEC = "mnist5k"
 METHODS = tuple(_METHODS)
 

@@ -162,3 +162,27 @@ def test_table_shows_every_backend_and_failures() -> None:
     text = console.export_text()
     assert "jax.jit" in text and "9,800" in text and "0.980" in text and "2.0" in text
     assert "exit 1: boom" in text and "exactly" in text and "yes" in text
+
+
+def _augmented_spec(tmp_path, nets: str) -> str:
+    from conftest import tiny_spec
+
+    spec = tmp_path / f"{nets}.toml"
+    aug = f'[data]\ndataset = "digits"\naugment = {{ crop_padding = 1, nets = "{nets}" }}'
+    spec.write_text(tiny_spec("s").replace('[data]\ndataset = "digits"', aug))
+    return str(spec)
+
+
+def test_a_spec_whose_students_augment_is_refused(tmp_path) -> None:
+    """The bare loops do not augment: the distillation phase must be plain."""
+    from kdbench.errors import KdbenchError
+
+    with pytest.raises(KdbenchError, match="the bare loops do not augment"):
+        overhead.prepare("pytorch", _augmented_spec(tmp_path, "all"))
+
+
+@pytest.mark.parametrize("name", backend_params(exclude=("tensorflow", "jax")))
+def test_a_teacher_only_augmented_spec_is_timed_on_plain_batches(tmp_path, name: str) -> None:
+    b = overhead.prepare(name, _augmented_spec(tmp_path, "teacher"), backend=backend(name))
+    assert b.prepared.teacher_augment is not None and b.prepared.student_augment is None
+    assert b.plan.crops is None

@@ -6,7 +6,7 @@ measure.py builds both sides and times them; __main__.py runs each backend
 in a child process and prints the table.
 
 For each backend, in a child process of its own (one framework per process),
-on the default spec (mnist5k, the distillation phase: cnn-small teacher,
+on the speed spec (mnist5k, the distillation phase: cnn-small teacher,
 mlp-64 student, batch 64), this times
 
 - the harness: the real ``kdbench.harness.train_phase`` on a Cell, through

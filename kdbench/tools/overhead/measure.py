@@ -58,10 +58,11 @@ def prepare(
     is set up with settings.
     """
     prepared = prepare_cell(load_spec(spec), seed)
-    if prepared.teacher_augment is not None:
+    if prepared.student_augment is not None:  # the distillation phase is what is timed
         raise KdbenchError(
             f"{spec}: the bare loops do not augment, so the overhead benchmark takes specs "
-            "without data.augment"
+            "whose students train on plain batches (no data.augment, or augment.nets = "
+            "'teacher')"
         )
     if backend is None:
         backend = get_backend(backend_name)

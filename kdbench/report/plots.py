@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from kdbench.records.schema import column, phase_column
 from kdbench.report.aggregate import Section
 from kdbench.report.quantities import MIB, PHASE_NAMES, TRAIN_PHASES, backend_order, phases_of
-from kdbench.report.sweep import find_sweeps, heatmap
+from kdbench.report.sweep import SweepTable, heatmap
 
 COLORS = {"pytorch": "#d62728", "tensorflow": "#2ca02c", "jax": "#1f77b4"}
 MARKERS = {"pytorch": "o", "tensorflow": "s", "jax": "^"}
@@ -75,7 +75,7 @@ def draw_all(sections: Iterable[Section], out_dir: Path) -> list[Plot]:
     A swept spec gets its heatmap instead of four figures per grid point."""
     plots: list[Plot] = []
     for section in sections:
-        sweeps = find_sweeps(section.cells)
+        sweeps = [t.sweep for t in section.tables if isinstance(t, SweepTable)]
         swept = section.cells[column("spec.name")].isin([found.spec for found in sweeps])
         for spec in dict.fromkeys(section.cells.loc[~swept, "spec"]):
             cells = section.cells[section.cells["spec"] == spec]

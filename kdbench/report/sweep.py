@@ -153,7 +153,14 @@ def heatmap(sweep: Sweep, path: Path) -> str:
     )
 
 
-def sweep_tables(section: Section) -> list[Table]:
+@dataclass(kw_only=True)
+class SweepTable(Table):
+    """A sweep's report table, which keeps its sweep for the heatmap."""
+
+    sweep: Sweep
+
+
+def sweep_tables(section: Section) -> list[SweepTable]:
     """The section's sweeps as report tables (shown in every format, tidy in
     csv/sweep.csv)."""
     tables = []
@@ -165,5 +172,5 @@ def sweep_tables(section: Section) -> list[Table]:
             "95% t half-interval over seeds; the test split's gain is in csv/sweep.csv, "
             "not for choosing."
         )
-        tables.append(Table("sweep", title, shown(sweep), tidy, [note]))
+        tables.append(SweepTable("sweep", title, shown(sweep), tidy, [note], sweep=sweep))
     return tables

@@ -34,12 +34,16 @@ def tiny_spec(
     student_batch: int | None = None,
     seeds: int = 1,
     warmup: int = 2,
+    augment: str | None = None,
 ) -> str:
-    """A spec on the 8x8 digits that runs in seconds: MLP-64 teacher, MLP-16 student."""
+    """A spec on the 8x8 digits that runs in seconds: MLP-64 teacher, MLP-16 student.
+    augment: the [data] augment table's TOML, e.g. '{ crop_padding = 1 }'."""
+    augment_line = f"augment = {augment}" if augment else ""
     return f"""
 name = "{name}"
 [data]
 dataset = "digits"
+{augment_line}
 [teacher]
 arch = "mlp-64"
 epochs = {epochs}

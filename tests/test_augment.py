@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from blocks_checks import block_nets, check_augmented_training
-from conftest import backend, backend_params
+from conftest import backend, backend_params, tiny_spec
 from oracles.augment import augment_batch
 
 from kdbench.backends.base import Augment
@@ -82,20 +82,14 @@ def test_teacher_only_augmentation_leaves_the_students_plain(tmp_path) -> None:
     from kdbench.harness.teacher_cache import teacher_key
     from kdbench.settings import Settings
 
-    base = (
-        'name = "s"\n[data]\ndataset = "digits"\nAUG\n'
-        '[teacher]\narch = "mlp-16"\nepochs = 1\nbatch_size = 8\noptimizer = { name = "sgd", lr = 0.1 }\n'
-        '[student]\narch = "mlp-16"\nepochs = 1\nbatch_size = 8\noptimizer = { name = "sgd", lr = 0.1 }\n'
-        '[distill]\nmethod = "soft"\n'
-    )
     loaded = {}
     for name, aug in [
-        ("teacher", 'augment = { crop_padding = 2, nets = "teacher" }'),
-        ("all", "augment = { crop_padding = 2 }"),
-        ("all-spelt", 'augment = { crop_padding = 2, nets = "all" }'),
+        ("teacher", '{ crop_padding = 2, nets = "teacher" }'),
+        ("all", "{ crop_padding = 2 }"),
+        ("all-spelt", '{ crop_padding = 2, nets = "all" }'),
     ]:
         path = tmp_path / f"{name}.toml"
-        path.write_text(base.replace("AUG", aug))
+        path.write_text(tiny_spec("s", augment=aug))
         loaded[name] = load_spec(str(path))
     only, every = prepare_cell(loaded["teacher"], 0), prepare_cell(loaded["all"], 0)
     assert only.teacher_augment == every.teacher_augment is not None
@@ -112,22 +106,13 @@ def test_teacher_only_augmentation_leaves_the_students_plain(tmp_path) -> None:
 def test_a_teacher_only_augmented_cell_runs_end_to_end(tmp_path) -> None:
     """The stub backend refuses crops without an Augment and the reverse, so the
     cell runs only if the teacher trains augmented and both students plain."""
-    import os
-    from pathlib import Path
+    from test_run_store import run_stub
 
-    from conftest import run_kdbench, tiny_spec
-
-    tests = str(Path(__file__).resolve().parent)
-    env = {
-        "KDBENCH_BACKENDS": "stub=stub_backend:StubBackend",
-        "PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p),
-    }
     spec = tmp_path / "s.toml"
-    text = tiny_spec("s", epochs=1, batch_size=64)
     for nets in ("teacher", "all"):
-        aug = f'[data]\ndataset = "digits"\naugment = {{ crop_padding = 1, nets = "{nets}" }}'
-        spec.write_text(text.replace('[data]\ndataset = "digits"', aug))
+        aug = f'{{ crop_padding = 1, nets = "{nets}" }}'
+        spec.write_text(tiny_spec("s", epochs=1, batch_size=64, augment=aug))
         out = tmp_path / f"run-{nets}"
-        proc = run_kdbench("run", str(spec), "--backend", "stub", "--out", str(out), env=env)
+        proc = run_stub(spec, out)
         assert proc.returncode == 0, proc.stderr
         assert '"status": "ok"' in (out / "results.jsonl").read_text()

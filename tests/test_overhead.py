@@ -14,7 +14,7 @@ from functools import cache
 
 import numpy as np
 import pytest
-from conftest import backend, backend_params
+from conftest import backend, backend_params, tiny_spec
 from stub_backend import fake_environment
 
 from kdbench.backends.base import Environment
@@ -165,11 +165,8 @@ def test_table_shows_every_backend_and_failures() -> None:
 
 
 def _augmented_spec(tmp_path, nets: str) -> str:
-    from conftest import tiny_spec
-
     spec = tmp_path / f"{nets}.toml"
-    aug = f'[data]\ndataset = "digits"\naugment = {{ crop_padding = 1, nets = "{nets}" }}'
-    spec.write_text(tiny_spec("s").replace('[data]\ndataset = "digits"', aug))
+    spec.write_text(tiny_spec("s", augment=f'{{ crop_padding = 1, nets = "{nets}" }}'))
     return str(spec)
 
 

@@ -178,6 +178,7 @@ def setup(
     loss: Any,
     *,
     seed: int = 0,
+    precision: str = "float32",
 ) -> Reference:
     """The split on the device, both networks, the optimizer and the jitted step, made once.
 
@@ -185,6 +186,8 @@ def setup(
     labels alone). seed is unused (no dropout runs); it is here so every
     reference takes the same arguments.
     """
+    if precision != "float32":
+        raise ValueError(f"no {precision} reference loop yet")
     del seed
     teacher_def, teacher_state = None, None
     if teacher_arch is not None:

@@ -120,11 +120,14 @@ def setup(
     loss: Any,
     *,
     seed: int = 0,
+    precision: str = "float32",
 ) -> Reference:
     """The split, both networks and the optimizer, made once (the process's threads as set).
 
     teacher_arch None: no frozen teacher (the teacher's own training phase, labels alone).
     """
+    if precision != "float32":
+        raise ValueError(f"no {precision} reference loop yet")
     torch.manual_seed(seed)
     teacher = None
     if teacher_arch is not None:

@@ -1,7 +1,7 @@
 """kdbench against the expert-written reference loop: throughput ratio per backend and spec.
 
     .venv/bin/python benchmarks/reference/ratio.py [--backends pytorch] [--specs mnist5k]
-        [--repeats 3] [--steps 216] [--threads 1]
+        [--precision float32 bf16] [--repeats 3] [--steps 216] [--threads 1]
 
 For each backend that has a reference loop here (``<backend>.py`` beside this
 file) and each spec, in a child process of its own (one framework per
@@ -123,7 +123,7 @@ class ReferenceSide:
     """The reference loop: fresh networks from the same weights, then the loop over each block."""
 
     def __init__(
-        self, bench: Bench, phase: PhaseInputs, module: ModuleType, warm: BatchPlan
+        self, bench: Bench, phase: PhaseInputs, module: ModuleType, warm: BatchPlan, precision: str
     ) -> None:
         data = bench.prepared.data
         self.phase, self.module = phase, module
@@ -138,6 +138,7 @@ class ReferenceSide:
             phase.optimizer,
             phase.loss,
             seed=phase.seed,
+            precision=precision,
         )
         module.train(self.run, warm.indices, learning_rates(phase.net, warm))
 
@@ -150,12 +151,18 @@ class ReferenceSide:
 
 
 def measure(
-    backend: str, spec: str, repeats: int, steps: int, threads: int, phase: str = "distill"
+    backend: str,
+    spec: str,
+    repeats: int,
+    steps: int,
+    threads: int,
+    phase: str = "distill",
+    precision: str = "float32",
 ) -> dict[str, Any]:
     """Interleaved kdbench and reference blocks of one phase in this process; the figures."""
     started = time.perf_counter()
     module = reference_module(backend)
-    bench = prepare(backend, spec=spec, settings=Settings(threads=threads))
+    bench = prepare(backend, spec=spec, settings=Settings(threads=threads, precision=precision))
     inputs = phase_inputs(bench, phase)
     epochs = max(1, round(steps / inputs.plan.steps_per_epoch))
     epochs = min(epochs, inputs.plan.epochs - 1)  # epoch 0's start is the warm-up
@@ -164,7 +171,7 @@ def measure(
     for r in range(repeats):
         sides = {
             "kdbench": KdbenchSide(bench, inputs, warm),
-            "reference": ReferenceSide(bench, inputs, module, warm),
+            "reference": ReferenceSide(bench, inputs, module, warm, precision),
         }
         for k, block in enumerate(blocks):
             swap = (r * len(blocks) + k) % 2
@@ -173,16 +180,19 @@ def measure(
             pairs.append((got["kdbench"], got["reference"]))
     figures = summarise(backend, bench, pairs, blocks, time.perf_counter() - started)
     figures["phase"] = phase
+    figures["precision"] = precision
     figures["memory_format"] = bench.backend.environment().as_dict().get("memory_format", "-")
     return figures
 
 
-def run_child(backend: str, spec: str, phase: str, args: argparse.Namespace) -> dict[str, Any]:
-    failed = {"backend": backend, "spec": spec, "phase": phase}
+def run_child(
+    backend: str, spec: str, phase: str, precision: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    failed = {"backend": backend, "spec": spec, "phase": phase, "precision": precision}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--child", backend, "--specs", spec, "--phases", phase,
-               "--out", str(out),
+               "--precision", precision, "--out", str(out),
                "--repeats", str(args.repeats), "--steps", str(args.steps),
                "--threads", str(args.threads)]  # fmt: skip
         try:
@@ -197,17 +207,18 @@ def run_child(backend: str, spec: str, phase: str, args: argparse.Namespace) -> 
 
 def table(results: list[dict[str, Any]], threads: int) -> Table:
     out = Table(title=f"kdbench / reference throughput, threads={threads}")
-    for header in ("backend", "spec", "phase", "mode", "memory", "pairs x steps", "kdbench samples/s",
+    for header in ("backend", "spec", "phase", "precision", "mode", "memory", "pairs x steps", "kdbench samples/s",
                    "reference samples/s", "ratio", "IQR", "losses agree", f">= {GOAL}"):  # fmt: skip
         out.add_column(header, justify="left" if header in ("backend", "spec") else "right")
     for r in results:
         if "error" in r:
-            out.add_row(r["backend"], r["spec"], r["phase"], *["-"] * 8, r["error"])
+            out.add_row(r["backend"], r["spec"], r["phase"], r["precision"], *["-"] * 8, r["error"])
             continue
         out.add_row(
             r["backend"],
             r["spec"],
             r["phase"],
+            r["precision"],
             r["compile_mode"],
             r["memory_format"],
             f"{r['pairs']} x {r['steps_per_block']}",
@@ -226,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", nargs="+", choices=backends_with_reference())
     p.add_argument("--specs", nargs="+", default=["mnist5k"])
     p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
+    p.add_argument("--precision", nargs="+", choices=("float32", "bf16"), default=["float32"])
     p.add_argument("--repeats", type=int, default=3, help="rounds, each with fresh state")
     p.add_argument("--steps", type=int, default=216, help="timed steps per round and side")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (0: all cores)")
@@ -235,17 +247,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.child:
         figures = measure(
-            args.child, args.specs[0], args.repeats, args.steps, args.threads, args.phases[0]
-        )
+            args.child, args.specs[0], args.repeats, args.steps, args.threads, args.phases[0],
+            args.precision[0],
+        )  # fmt: skip
         args.out.write_text(json.dumps(figures, default=float))
         return 0
     console = Console(width=None if sys.stdout.isatty() else 200)
     results = []
     for backend in args.backends or backends_with_reference():
         for spec in args.specs:
-            for phase in args.phases:
-                console.print(f"[dim]{backend}, {spec}, {phase}: {args.repeats} x {args.steps}[/]")
-                results.append(run_child(backend, spec, phase, args))
+            for precision in args.precision:
+                for phase in args.phases:
+                    what = f"{backend}, {spec}, {precision}, {phase}"
+                    console.print(f"[dim]{what}: {args.repeats} x {args.steps}[/]")
+                    results.append(run_child(backend, spec, phase, precision, args))
     console.print(table(results, args.threads))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float))

@@ -190,6 +190,7 @@ def setup(
     loss: Any,
     *,
     seed: int = 0,
+    precision: str = "float32",
 ) -> Reference:
     """The split, both networks, the optimizer and the traced step, made once.
 
@@ -197,6 +198,8 @@ def setup(
     caller's, as kdbench's backend set them in the ratio tool. teacher_arch
     None: no frozen teacher (the teacher's own training phase, labels alone).
     """
+    if precision != "float32":
+        raise ValueError(f"no {precision} reference loop yet")
     if any(layer.type == "dropout" for layer in student_arch.layers):
         raise ValueError(
             "the TensorFlow reference has no dropout in the student: kdbench's masks "

@@ -183,6 +183,13 @@ class Backend(ABC):
     """One framework. Handles (models, datasets, states) are opaque to the harness."""
 
     name: ClassVar[str]
+    # True where sync() can wait for one step's outputs without waiting for the
+    # step dispatched after it (JAX: block_until_ready on those arrays). The
+    # harness then keeps one step in flight, as the framework's experts' loops
+    # do; a backend whose sync waits for the whole device (a CUDA stream) or
+    # whose steps finish before they return (PyTorch and TensorFlow on a CPU)
+    # is timed step by step, which costs it nothing on a CPU.
+    waits_per_handle: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.settings = Settings().resolved()

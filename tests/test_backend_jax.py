@@ -297,3 +297,21 @@ def test_gpu_request_without_a_gpu_fails_clearly() -> None:
         pytest.skip("this machine has a GPU")
     with pytest.raises(RuntimeError, match="no GPU"):
         JaxBackend().setup(Settings(device="gpu", threads=2))
+
+
+def test_training_steps_are_timed_with_one_in_flight_and_train_the_same(jb, monkeypatch) -> None:
+    """JAX keeps one step in flight (kdbench.harness.phases.StepClock): the
+    record says so, every step still gets a time, and the steps compute
+    exactly what the step-by-step synced loop computes."""
+    from kdbench.tools.overhead.measure import harness_run, harness_state, prepare
+
+    assert type(jb).waits_per_handle
+    bench = prepare("jax", spec="quick", backend=jb)
+    stats = {}
+    for in_flight in (True, False):
+        monkeypatch.setattr(type(jb), "waits_per_handle", in_flight)
+        _, stats[in_flight] = harness_run(bench, harness_state(bench), bench.plan)
+    assert stats[True].step_timing == "in_flight" and stats[False].step_timing == "synced"
+    assert stats[True].loss_epochs == stats[False].loss_epochs
+    assert all(t > 0 for t in stats[True].step_times_s)
+    assert stats[True].steps == len(stats[True].step_times_s) == bench.plan.total_steps

@@ -139,6 +139,7 @@ def _arrays(handle: Any) -> Any:
 
 class JaxBackend(Backend):
     name = "jax"
+    waits_per_handle = True  # block_until_ready waits for the arrays named, nothing after
 
     def __init__(self) -> None:
         super().__init__()

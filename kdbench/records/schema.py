@@ -108,6 +108,10 @@ class Phase(_Part):
     step_time_mean_s: float | None = None
     throughput_samples_per_s: float | None = None
     step_times_s: list[float] | None = None  # every step, warm-up included
+    # How the steady steps were timed: "synced" (wait for each step's work),
+    # or "in_flight" (the next step dispatched before waiting for this one:
+    # a step's time runs from the previous completion to its own).
+    step_timing: str | None = None
     flops_per_step: int | None = None
     achieved_flops_per_s: float | None = None
     fraction_of_peak: float | None = None

@@ -8,7 +8,7 @@ its steps stretched by a busy-wait). Each is judged by
 that drift of the machine spreads over all of them. Prints every outcome, then
 per condition how often compare flagged a regression (exit 1).
 
-    python benchmarks/ab_check.py --repeats 10 --backend pytorch --out /tmp/ab
+    python benchmarks/ab_check.py --repeats 10 --backend pytorch --out /tmp/ab [--duet]
 
 Goals (issue 12): A/A never flagged, +20% flagged every time, +3% never.
 """
@@ -37,7 +37,7 @@ def ab_run(folder: Path, slowdown: float, args: argparse.Namespace) -> dict:
     envs += (("b", interpreter(folder / "envs", "b", slowdown)),)
     run = [sys.executable, "-m", "kdbench", "run", "--matrix", args.matrix]
     run += ["--backend", args.backend, "--rounds", str(args.rounds), "--seeds", "1"]
-    run += ["--threads", str(args.threads)]
+    run += ["--threads", str(args.threads)] + (["--duet"] if args.duet else [])
     run += ["--out", str(folder / "run"), *env_flags(*envs)]
     started = time.perf_counter()
     done = subprocess.run(run, capture_output=True, text=True)
@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--matrix", default="quick")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--duet", action="store_true", help="run each round's two environments at once (--duet)"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -78,6 +81,7 @@ def main() -> None:
     console = Console()
     outcomes = []
     title = f"A/B checks: {args.matrix} matrix, {args.backend}, {args.rounds} rounds"
+    title += ", duet" if args.duet else ""
     table = Table(title=f"{title}, {args.threads} thread(s)")
     for col in ("repeat", "condition", "exit", "verdicts", "teacher ratios", "distill ratios"):
         table.add_column(col)

@@ -53,6 +53,10 @@ def host_environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "python_implementation": sys.implementation.name,
         "executable": sys.executable,
+        # The CPUs the cell may run on: all of them, or a duet's share (--duet).
+        "cpu_affinity": sorted(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else None,
         # Other work on the machine skews timings (PyTorch's OpenMP threads
         # most of all): the 1, 5 and 15 minute load averages say how busy it was.
         "loadavg_start": list(os.getloadavg()),

@@ -10,7 +10,9 @@ cells, repeated, is benchmarks/ab_check.py.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -30,14 +32,14 @@ STEP_S = "0.003"
 ROUNDS = 5
 
 
-def ab_run(tmp_path: Path, slowdown: float, rounds: int = ROUNDS) -> Path:
+def ab_run(tmp_path: Path, slowdown: float, rounds: int = ROUNDS, *flags: str) -> Path:
     spec = write_spec(tmp_path, epochs=2)
     out = tmp_path / "run"
     envs = (("a", interpreter(tmp_path / "envs", "a")),)
     envs += (("b", interpreter(tmp_path / "envs", "b", slowdown)),)
     proc = kdbench(
         "run", str(spec), "--backend", "stub", "--out", str(out), "--rounds", str(rounds),
-        *env_flags(*envs), KDBENCH_STUB_STEP_S=STEP_S, KDBENCH_STUB_PREDICT_S=STEP_S,
+        *env_flags(*envs), *flags, KDBENCH_STUB_STEP_S=STEP_S, KDBENCH_STUB_PREDICT_S=STEP_S,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr + proc.stdout
     return out
@@ -97,6 +99,42 @@ def test_an_environment_20_percent_slower_is_flagged_and_3_percent_is_not(tmp_pa
     assert "slower" not in {c["verdict"] for c in result["cells"]}
 
 
+TWO_CPUS = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="a duet needs a CPU for each environment"
+)
+
+
+@TWO_CPUS
+def test_a_duet_runs_each_rounds_environments_at_once_on_their_own_cpus(tmp_path: Path) -> None:
+    out = ab_run(tmp_path, 1.0, 3, "--duet", "--threads", "1")
+    records = lines(out)
+    assert json.loads((out / "run.json").read_text())["duet"] is True
+    cpus = sorted(os.sched_getaffinity(0))
+    for round_ in range(3):
+        a, b = (next(r for r in records if (r["env"], r["round"]) == (e, round_)) for e in "ab")
+        # Side by side: started together, each pinned to its own CPU, and the
+        # CPUs change hands every round, so no environment keeps one.
+        starts = [datetime.fromisoformat(r["started_at"]).timestamp() for r in (a, b)]
+        assert abs(starts[0] - starts[1]) <= 1.0
+        assert a["host"]["cpu_affinity"] == [cpus[round_ % 2]]
+        assert b["host"]["cpu_affinity"] == [cpus[(round_ + 1) % 2]]
+    proc, result = compare_envs(out, "--envs", "a", "b")
+    assert proc.returncode == 0 and not result["regressed"], proc.stderr
+    error = one_line_error(kdbench("run", "--resume", str(out), "--duet"))
+    assert "--duet would change them" in error
+
+
+@TWO_CPUS
+def test_a_duet_flags_an_environment_20_percent_slower_in_three_rounds(tmp_path: Path) -> None:
+    slow = ab_run(tmp_path, 1.2, 3, "--duet", "--threads", "1")
+    proc, result = compare_envs(slow, "--envs", "a", "b")
+    assert proc.returncode == 1 and result["regressed"], proc.stderr
+    for cell in result["cells"]:
+        for phase in ("teacher", "distill"):
+            check = cell["time"][phase]
+            assert check["verdict"] == "slower" and 1.1 < check["ratio"] < 1.35, check
+
+
 def test_bad_environments_and_comparisons_are_one_line_errors(tmp_path: Path) -> None:
     spec = write_spec(tmp_path)
     good = interpreter(tmp_path / "envs", "good")
@@ -128,6 +166,11 @@ def test_bad_environments_and_comparisons_are_one_line_errors(tmp_path: Path) ->
     line = error("--env", f"plain={no_stub}")
     assert "backend stub is not installed there" in line
     assert "--rounds must be at least 1" in error("--rounds", "0")
+    assert "give two or more --env" in error("--env", f"a={good}", "--duet")
+    two = ("--env", f"a={good}", "--env", f"b={good}", "--duet")
+    cpus = len(os.sched_getaffinity(0))
+    assert f"use {cpus} threads; set --threads" in error(*two, "--threads", str(cpus))
+    assert "runs on the local executor, not ray" in error(*two, "--executor", "ray")
 
     out = ab_run(tmp_path / "ab", slowdown=1.0, rounds=1)
     line = one_line_error(kdbench("compare", str(out), str(out)))

@@ -27,6 +27,7 @@ from kdbench.commands.show import print_table
 from kdbench.errors import KdbenchError
 from kdbench.records.schema import Record
 from kdbench.runner.checks import check_seeds, check_timeout, train_sizes
+from kdbench.runner.duet import check_duet
 from kdbench.runner.environments import check_envs, check_rounds, parse_envs
 from kdbench.runner.execute import STOP
 from kdbench.runner.executors.dispatch import execute_on, preflight
@@ -83,6 +84,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--rounds",
         type=int,
         help="run every cell this many times, the environments taking turns each round",
+    )
+    p.add_argument(
+        "--duet",
+        action="store_true",
+        default=None,  # None, not False: --resume refuses what was given
+        help="with --env: run the environments' cells of each round at the same time, each "
+        "on its own share of the CPUs, so the machine's drift meets both sides alike",
     )
     add_setting_flags(p)
     p.add_argument("--data-dir", help="folder with the dataset files (mnist, cifar...)")
@@ -148,6 +156,7 @@ PLANNED = {
     "teacher_cache": "--teacher-cache",
     "env": "--env",
     "rounds": "--rounds",
+    "duet": "--duet",
     **{name: f"--{name}" for name in SETTING_NAMES},
 }
 
@@ -182,6 +191,9 @@ def run(args: argparse.Namespace) -> int:
     )
     check_envs(envs, backends)
     options = _executor(matrix.executor, args.executor)
+    if args.duet:
+        check_duet(plan.jobs, envs, options.kind)
+        plan.manifest["duet"] = True
     preflight(options)
     plan.manifest["executor"] = options.model_dump()
     out = Path(args.out) if args.out else default_out_dir()

@@ -81,6 +81,7 @@ class Host(_Part):
     python: str | None = None
     python_implementation: str | None = None
     executable: str | None = None  # the interpreter that ran the cell (its environment)
+    cpu_affinity: list[int] | None = None  # the CPUs it could use (a duet's share)
     loadavg_start: list[float] | None = None
     loadavg_end: list[float] | None = None
     git_commit: str | None = None

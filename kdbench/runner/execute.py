@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,15 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
     """Linux: the cell gets SIGKILL when the runner dies, however it dies."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _child_setup(cpus: tuple[int, ...] | None) -> Callable[[], None]:
+    def setup() -> None:  # pragma: no cover - runs in the child before exec
+        _die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
 
 
 def file_stem(cell_id: str) -> str:
@@ -112,9 +121,17 @@ def published(job: CellJob) -> Record | None:
     return read_record_file(record_file) if record_file.is_file() else None
 
 
-def run_attempt(job: CellJob, run: Run, on_event: OnEvent, executor: str = "local") -> Record:
+def run_attempt(
+    job: CellJob,
+    run: Run,
+    on_event: OnEvent,
+    executor: str = "local",
+    cpus: tuple[int, ...] | None = None,
+) -> Record:
     """Run one try (from new_attempt) in a child process of this one; its record
-    is published before this returns. Executors call it where the cell runs."""
+    is published before this returns. Executors call it where the cell runs.
+
+    cpus: the CPUs the cell's process may use (a duet's share); None: this one's."""
     stem = file_stem(job.cell_id)
     job_file = run.out_dir / LOGS_DIR / f"{stem}.job.json"
     log_file = run.out_dir / LOGS_DIR / f"{stem}.log"
@@ -138,7 +155,7 @@ def run_attempt(job: CellJob, run: Run, on_event: OnEvent, executor: str = "loca
             text=True,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=_child_setup(cpus) if sys.platform == "linux" else None,
         )
         reader = threading.Thread(target=_reader, args=(proc.stdout, events), daemon=True)
         reader.start()
@@ -207,13 +224,20 @@ def execute(
     """Run the jobs; each record is published and appended before the next cell starts."""
     for job in jobs:
         check_stop()
-        try:
+        with unwritable(run, job):
             record = run_job(job, run, on_event)
             append_record(run.results, record)
-        except OSError as exc:
-            raise KdbenchError(
-                f"cannot write the record of {job.cell_id} in {run.out_dir} ({exc}); every "
-                f"record published so far is kept in {run.records_dir}: free the disk or fix "
-                f"the permissions, then continue with: kdbench run --resume {run.out_dir}"
-            ) from None
         on_record(record)
+
+
+@contextlib.contextmanager
+def unwritable(run: Run, job: CellJob) -> Iterator[None]:
+    """A cell's files that cannot be written end the run in one line, keeping the rest."""
+    try:
+        yield
+    except OSError as exc:
+        raise KdbenchError(
+            f"cannot write the record of {job.cell_id} in {run.out_dir} ({exc}); every "
+            f"record published so far is kept in {run.records_dir}: free the disk or fix "
+            f"the permissions, then continue with: kdbench run --resume {run.out_dir}"
+        ) from None

@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 from kdbench.errors import KdbenchError
 from kdbench.records.schema import Record
+from kdbench.runner.duet import execute_duets
 from kdbench.runner.execute import OnEvent, execute
 from kdbench.runner.executors.options import ExecutorOptions
-from kdbench.runner.folder import Run
+from kdbench.runner.folder import Run, read_manifest
 from kdbench.runner.job import CellJob
 
 
@@ -54,5 +55,7 @@ def execute_on(
         from kdbench.runner.executors.slurm_jobs import execute_slurm
 
         execute_slurm(run, jobs, options, on_record, on_started)
+    elif read_manifest(run).get("duet"):
+        execute_duets(run, jobs, on_event, on_record)
     else:
         execute(run, jobs, on_event, on_record)

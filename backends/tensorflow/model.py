@@ -172,7 +172,11 @@ class TFModule(tf.Module):
                 self._update_stats(layer, name, x, mean, var)
         else:
             mean, var = self.state[f"{name}mean"], self.state[f"{name}var"]
-        y = (x - mean) * (scale * tf.math.rsqrt(var + layer.eps)) + shift
+        # tf.nn.batch_normalization: x * a + (shift - mean * a), a = scale / sqrt(var + eps),
+        # one full-size op fewer than (x - mean) * a + shift, and fewer backward. On the
+        # 2-core CPU, one thread: ten batch norms on 64x32x32x16, forward and backward,
+        # 105 -> 69 ms (Keras's layer: 68); a resnet-speed distillation step 3% faster.
+        y = tf.nn.batch_normalization(x, mean, var, shift, scale, layer.eps)
         return y if h.dtype == tf.float32 else tf.cast(y, h.dtype)
 
     def _update_stats(

@@ -90,3 +90,106 @@ def ratio_figures(backend_name: str, phase: str) -> dict[str, Any]:
     assert figures["loss_max_rel_diff"] < 1e-5  # the pair took the same steps
     assert 0.2 < figures["ratio"] < 5.0  # a throughput ratio, not a placeholder
     return figures
+
+
+# A CIFAR-style ResNet pair at test size: 8x8x3 synthetic images, resnet14 ->
+# resnet8 at full width (projection shortcuts on 16 and 32 channels), SGD with
+# momentum and weight decay as in the ResNet specs; a step takes milliseconds.
+TINY_RESNET_SPEC = """
+name = "tiny-resnet"
+[data]
+dataset = "synthetic"
+samples = 400
+shape = [8, 8, 3]
+classes = 10
+val_fraction = 0.1
+test_fraction = 0.1
+[teacher]
+arch = "resnet14"
+epochs = 2
+batch_size = 32
+optimizer = { name = "sgd", lr = 0.05, momentum = 0.9, weight_decay = 5e-4 }
+schedule = { name = "cosine" }
+[student]
+arch = "resnet8"
+epochs = 2
+batch_size = 32
+optimizer = { name = "sgd", lr = 0.05, momentum = 0.9, weight_decay = 5e-4 }
+schedule = { name = "cosine" }
+[distill]
+method = "soft"
+temperature = 4.0
+alpha = 0.9
+[measure]
+warmup_steps = 2
+seeds = 1
+"""
+
+
+def tiny_resnet_cell() -> Any:
+    """The cell of TINY_RESNET_SPEC, seed 0."""
+    import tempfile
+
+    from kdbench.harness.prepare import prepare_cell
+    from kdbench.spec import load_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tiny-resnet.toml"
+        path.write_text(TINY_RESNET_SPEC)
+        return prepare_cell(load_spec(str(path)), seed=0)
+
+
+def phase_inputs(cell: Any, phase: str) -> dict[str, Any]:
+    """What a phase trains, as ratio.py's phase_inputs has it: "distill" (the
+    student from the frozen initial teacher, the spec's loss) or "teacher" (the
+    teacher on labels alone, method "none")."""
+    from kdbench.backends.base import LossConfig
+
+    if phase == "teacher":
+        return {"arch": cell.loaded.teacher_arch, "weights": cell.teacher_weights,
+                "seed": cell.teacher_seed, "optimizer": cell.teacher_optimizer,
+                "loss": LossConfig("none"), "plan": cell.teacher_plan, "net": cell.spec.teacher,
+                "frozen": (None, None)}  # fmt: skip
+    return {"arch": cell.loaded.student_arch, "weights": cell.student_weights,
+            "seed": cell.student_seed, "optimizer": cell.student_optimizer, "loss": cell.loss,
+            "plan": cell.student_plan, "net": cell.spec.student,
+            "frozen": (cell.loaded.teacher_arch, cell.teacher_weights)}  # fmt: skip
+
+
+def kdbench_phase_losses(
+    backend_name: str, cell: Any, phase: str, steps: int, precision: str = "float32"
+) -> np.ndarray:
+    """A phase's first steps through the backend's train_step at a precision."""
+    from kdbench.backends.base import Settings, get_backend
+    from kdbench.plan import learning_rates
+
+    p = phase_inputs(cell, phase)
+    backend = get_backend(backend_name)
+    backend.setup(Settings(threads=1, precision=precision))
+    data = backend.put_dataset(cell.data.x_train, cell.data.y_train)
+    teacher = None
+    if p["frozen"][0] is not None:
+        teacher = backend.build(*p["frozen"], seed=cell.teacher_seed)
+    model = backend.build(p["arch"], p["weights"], seed=p["seed"])
+    state = backend.init_train(model, p["optimizer"], p["loss"], teacher)
+    lrs = learning_rates(p["net"], p["plan"])[:steps]
+    losses = []
+    for idx, lr in zip(p["plan"].indices[0, :steps], lrs, strict=True):
+        state, loss = backend.train_step(state, data, idx, float(lr))
+        losses.append(float(backend.to_numpy(loss)))
+    return np.array(losses)
+
+
+def reference_phase_losses(
+    module: ModuleType, cell: Any, phase: str, steps: int, precision: str = "float32"
+) -> np.ndarray:
+    """The same steps through a reference loop."""
+    from kdbench.plan import learning_rates
+
+    p = phase_inputs(cell, phase)
+    run = module.setup(
+        cell.data.x_train, cell.data.y_train, *p["frozen"], p["arch"], p["weights"],
+        p["optimizer"], p["loss"], seed=p["seed"], precision=precision,
+    )  # fmt: skip
+    lrs = learning_rates(p["net"], p["plan"])[:steps]
+    return module.train(run, p["plan"].indices[0, :steps], lrs)

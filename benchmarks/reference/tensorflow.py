@@ -6,15 +6,33 @@ comes from kdbench's backend; only the shapes and the initial weights come
 from the spec, so the two compute the same losses and the ratio tool can
 check that.
 
-What an expert does, following TensorFlow's guides to tf.function and to
-custom training loops with Keras:
-- Keras layers (``Conv2D``, ``MaxPooling2D``, ``Flatten``, ``Dense``, ``ReLU``)
-  in a ``tf.keras.Sequential``, channels_last (TF's native NHWC): the neutral
+What an expert does, following TensorFlow's guides to tf.function, to custom
+training loops with Keras and to mixed precision:
+- Keras layers, channels_last (TF's native NHWC), wired with the functional
+  API (``tf.keras.Model(inputs, outputs)``): a plain net is a chain, a residual
+  block is its body and shortcut from one tensor joined by ``Add`` (an empty
+  shortcut is the identity), as Keras's own ResNets are written. The neutral
   weights load with ``set_weights`` as they are (HWIO conv kernels, (in, out)
-  dense kernels, Flatten in (H, W, C) order);
+  dense kernels, Flatten in (H, W, C) order; batch norm's scale, shift and
+  running mean and variance are Keras's gamma, beta, moving_mean and
+  moving_variance);
+- a convolution with p zeros on every side: ``padding="same"`` where that is
+  the same thing (stride 1, odd kernel p = k // 2), else an explicit
+  ``ZeroPadding2D(p)`` before a "valid" ``Conv2D``: at stride 2 Keras's "same"
+  pads (0, 1), PyTorch's padding=1 (1, 1), as Keras's ResNet applications
+  pad. ``use_bias=False`` before batch norm;
+- ``BatchNormalization(momentum=1 - m, epsilon=eps)``: the spec's momentum is
+  PyTorch's (the weight of the new batch), Keras's the weight of the old
+  average. The student (and the teacher in its own phase) runs with
+  ``training=True``: batch statistics, moving averages assigned by the layer
+  itself. Keras moves the variance towards the biased batch variance, PyTorch
+  (and kdbench) towards the unbiased one (n / (n - 1)): the native way is kept,
+  it changes no training loss (a training forward never reads the averages),
+  only a later evaluation, by a factor 1 + 1 / (n - 1) on the batch's share;
 - the split put on the device once as tensors, the batch gathered with
   ``tf.gather`` inside one ``tf.function`` train step, the frozen teacher
-  called with ``training=False`` outside the gradient tape;
+  (``trainable = False``) called with ``training=False`` outside the gradient
+  tape: batch norm on its running statistics;
 - the loss from tf.nn: ``sparse_softmax_cross_entropy_with_logits``, and the
   KL from ``log_softmax`` on both sides, batchmean, scaled by T^2
   (``keras.losses.KLDivergence`` clips probabilities at 1e-7, another loss);
@@ -24,7 +42,15 @@ custom training loops with Keras:
   op per step besides the call;
 - ``jit_compile=False`` (JIT below): XLA measured slower on CPU (2-core
   machine, one thread, mnist5k: 12.1 against 10.7 ms a distill step, 131
-  against 54 ms a step of the conv teacher's own phase).
+  against 54 ms a step of the conv teacher's own phase);
+- precision "bf16" is Keras's mixed precision: every layer under the
+  ``mixed_bfloat16`` policy (bfloat16 compute, float32 variables cast at each
+  use, so the gradients, the optimizer's slots and the updates stay float32;
+  batch norm and the global mean compute in float32 inside the layer, as Keras
+  does), and the logits leave through a float32 ``Activation("linear")``, the
+  guide's float32 final activation, so softmax and loss run in float32. No
+  loss scaling: bfloat16 has float32's exponent range. The policy is given to
+  each layer, not set globally, so it leaves the process's other models be.
 
 The spec's optimizers mean torch.optim's (kdbench follows them), and Keras's
 differ from them, so the two Keras optimizers are subclassed where they
@@ -38,9 +64,11 @@ do (``update_step``, the documented override) and the update is torch's:
   keeps b = mu * b + g and steps by lr * b: the same only at a constant lr,
   and the spec's schedule changes lr every step.
 Weight decay is torch's (L2 added to the gradient), not Keras's decoupled
-``weight_decay``. Dropout is refused in the student: kdbench draws its masks
-from its own generator, which no Keras layer reproduces, so the losses could
-not be compared (the teacher runs in inference mode, where dropout is a no-op).
+``weight_decay``: on every trained variable, or (decay = "kernels") on the
+conv and dense kernels only. Dropout is refused in the student: kdbench draws
+its masks from its own generator, which no Keras layer reproduces, so the
+losses could not be compared (the teacher runs in inference mode, where
+dropout is a no-op).
 """
 
 from __future__ import annotations
@@ -58,6 +86,13 @@ import tensorflow as tf  # noqa: E402
 
 # XLA made both phases' steps slower on CPU (module docstring).
 JIT = False
+# The Keras dtype policy of each precision the reference runs.
+POLICIES = {"float32": "float32", "bf16": "mixed_bfloat16"}
+# Each neutral layer's weights, in the order of the Keras layer's get_weights().
+WEIGHT_NAMES = {
+    "dense": ("kernel", "bias"),
+    "batchnorm": ("scale", "shift", "mean", "var"),  # gamma, beta, moving mean, variance
+}
 
 
 class TorchAdam(tf.keras.optimizers.Adam):
@@ -96,46 +131,86 @@ class TorchSGD(tf.keras.optimizers.SGD):
 class Reference:
     x: tf.Tensor  # NHWC float32, on the device
     y: tf.Tensor  # int32
-    teacher: tf.keras.Sequential | None  # None: the phase trains on labels alone
-    student: tf.keras.Sequential
+    teacher: tf.keras.Model | None  # None: the phase trains on labels alone
+    student: tf.keras.Model
     optimizer: tf.keras.optimizers.Optimizer
     step: Any  # the tf.function (x, y, indices, lr) -> loss
 
 
-def network(arch: Any, weights: dict[str, np.ndarray]) -> tf.keras.Sequential:
-    """Keras layers for a neutral architecture, loaded with the neutral weights.
+def keras_layers(layer: Any, policy: str, name: str) -> list[tf.keras.layers.Layer]:
+    """The Keras layers of one neutral (non-residual) layer, the last named name
+    (the neutral prefix, "3.body.0"): the one that holds the weights."""
+    kind, k, named = layer.type, tf.keras.layers, {"dtype": policy, "name": name}
+    if kind == "conv2d":
+        pad = layer.pad  # zeros on every side
+        same = layer.stride == 1 and layer.kernel % 2 == 1 and pad == layer.kernel // 2
+        conv = k.Conv2D(
+            layer.filters,
+            layer.kernel,
+            layer.stride,
+            padding="same" if same else "valid",
+            use_bias=layer.bias,
+            **named,
+        )
+        if same or pad == 0:
+            return [conv]
+        return [k.ZeroPadding2D(pad, dtype=policy, name=f"{name}.pad"), conv]
+    if kind == "batchnorm":
+        return [k.BatchNormalization(momentum=1.0 - layer.momentum, epsilon=layer.eps, **named)]
+    simple = {
+        "dense": lambda: k.Dense(layer.units, **named),
+        "maxpool": lambda: k.MaxPooling2D(layer.size, **named),
+        "flatten": lambda: k.Flatten(**named),
+        "relu": lambda: k.ReLU(**named),
+        "dropout": lambda: k.Dropout(layer.rate, **named),
+        "global_avgpool": lambda: k.GlobalAveragePooling2D(**named),
+    }
+    if kind not in simple:
+        raise TypeError(f"no Keras layer for {layer!r}")
+    return [simple[kind]()]
 
-    One Keras layer per neutral layer, so layer i carries weights "i.kernel"
-    and "i.bias", in the layouts Keras uses itself.
+
+def _chain(layers: Any, prefix: str, h: Any, made: dict[str, tuple[Any, Any]], policy: str) -> Any:
+    """h through a neutral layer list; made collects (neutral layer, Keras layer) by prefix."""
+    for index, layer in enumerate(layers):
+        name = f"{prefix}{index}."
+        if layer.type == "residual":
+            body = _chain(layer.body, f"{name}body.", h, made, policy)
+            shortcut = _chain(layer.shortcut, f"{name}shortcut.", h, made, policy)
+            h = tf.keras.layers.Add(dtype=policy, name=name[:-1])([body, shortcut])
+            continue
+        for keras_layer in keras_layers(layer, policy, name[:-1]):
+            h = keras_layer(h)
+        made[name] = (layer, keras_layer)
+    return h
+
+
+def network(
+    arch: Any, weights: dict[str, np.ndarray], precision: str = "float32"
+) -> tf.keras.Model:
+    """A functional Keras model of a neutral architecture, loaded with the neutral weights.
+
+    Neutral layer "3." (or "3.body.0." in a residual block) is one Keras
+    layer (a ZeroPadding2D before it where its padding needs one) carrying
+    the weights "3.kernel", "3.bias"..., in the layouts Keras uses itself.
     """
-    layers: list[tf.keras.layers.Layer] = []
-    for _, layer, _, _ in arch.walk():
-        kind = layer.type
-        if kind == "conv2d":
-            layers.append(
-                tf.keras.layers.Conv2D(
-                    layer.filters, layer.kernel, layer.stride, padding=layer.padding
-                )
-            )
-        elif kind == "dense":
-            layers.append(tf.keras.layers.Dense(layer.units))
-        elif kind == "maxpool":
-            layers.append(tf.keras.layers.MaxPooling2D(layer.size))
-        elif kind == "flatten":
-            layers.append(tf.keras.layers.Flatten())
-        elif kind == "relu":
-            layers.append(tf.keras.layers.ReLU())
-        elif kind == "dropout":
-            layers.append(tf.keras.layers.Dropout(layer.rate))
-        else:
-            raise TypeError(f"no Keras layer for {layer!r}")
-    model = tf.keras.Sequential([tf.keras.Input(tuple(arch.input_shape)), *layers])
+    policy = POLICIES[precision]
+    inputs = tf.keras.Input(tuple(arch.input_shape))
+    made: dict[str, tuple[Any, Any]] = {}
+    logits = _chain(arch.layers, "", inputs, made, policy)
+    if policy != "float32":  # the guide's float32 output: softmax and loss in float32
+        logits = tf.keras.layers.Activation("linear", dtype="float32")(logits)
+    model = tf.keras.Model(inputs, logits)
     used = set()
-    for index, keras_layer in enumerate(model.layers):
-        if keras_layer.weights:
-            names = [f"{index}.kernel", f"{index}.bias"]
+    for prefix, (layer, keras_layer) in made.items():
+        if layer.type == "conv2d":
+            leaves = ("kernel", "bias") if layer.bias else ("kernel",)
+        else:
+            leaves = WEIGHT_NAMES.get(layer.type, ())
+        names = [prefix + leaf for leaf in leaves]
+        if names:
             keras_layer.set_weights([np.asarray(weights[n], np.float32) for n in names])
-            used.update(names)
+        used.update(names)
     if used != set(weights):
         raise KeyError(f"weights {sorted(weights)} != parameters {sorted(used)}")
     return model
@@ -156,6 +231,14 @@ def optimizer_for(config: dict[str, Any]) -> tf.keras.optimizers.Optimizer:
             nesterov=config["nesterov"],
         )
     raise ValueError(f"no reference optimizer {config['name']!r}")
+
+
+def decays_of(config: dict[str, Any], variables: list[Any]) -> list[float]:
+    """torch's L2 of each variable: every one, or (decay "kernels") conv and dense kernels."""
+    wd = float(config["weight_decay"])
+    if config.get("decay", "all") == "all":
+        return [wd] * len(variables)
+    return [wd if v.path.endswith("/kernel") else 0.0 for v in variables]
 
 
 def loss_of(
@@ -197,10 +280,11 @@ def setup(
     The process's TensorFlow settings (threads, visible devices) are the
     caller's, as kdbench's backend set them in the ratio tool. teacher_arch
     None: no frozen teacher (the teacher's own training phase, labels alone).
+    precision: "float32" or "bf16" (Keras's mixed_bfloat16, module docstring).
     """
-    if precision != "float32":
-        raise ValueError(f"no {precision} reference loop yet")
-    if any(layer.type == "dropout" for layer in student_arch.layers):
+    if precision not in POLICIES:
+        raise ValueError(f"no {precision} reference loop (only {', '.join(POLICIES)})")
+    if any(leaf.layer.type == "dropout" for leaf in student_arch.leaves()):
         raise ValueError(
             "the TensorFlow reference has no dropout in the student: kdbench's masks "
             "come from its own generator, so the losses could not be compared"
@@ -208,13 +292,13 @@ def setup(
     tf.keras.utils.set_random_seed(seed)
     teacher = None
     if teacher_arch is not None:
-        teacher = network(teacher_arch, teacher_weights)
-        teacher.trainable = False
-    student = network(student_arch, student_weights)
+        teacher = network(teacher_arch, teacher_weights, precision)
+        teacher.trainable = False  # and called with training=False: running statistics
+    student = network(student_arch, student_weights, precision)
     opt = optimizer_for(optimizer)
-    variables = student.trainable_variables
+    variables = student.trainable_variables  # float32 under either policy
     opt.build(variables)  # slots made now: a tf.function may not create them later
-    weight_decay = float(optimizer["weight_decay"])
+    decays = decays_of(optimizer, variables)
 
     @tf.function(jit_compile=JIT)
     def train_step(x: tf.Tensor, y: tf.Tensor, indices: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
@@ -223,8 +307,8 @@ def setup(
         with tf.GradientTape() as tape:
             value = loss_of(loss, student(xb, training=True), yb, teacher_logits)
         grads = tape.gradient(value, variables)
-        if weight_decay:  # torch's L2: added to the gradient, not to the loss
-            grads = [g + weight_decay * v for g, v in zip(grads, variables, strict=True)]
+        # torch's L2: added to the gradient, not to the loss
+        grads = [g + wd * v if wd else g for g, v, wd in zip(grads, variables, decays, strict=True)]
         opt.learning_rate.assign(lr)
         opt.apply_gradients(zip(grads, variables, strict=True))
         return value

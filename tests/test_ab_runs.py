@@ -80,33 +80,15 @@ def test_an_ab_run_takes_turns_round_by_round_and_compares_environments(tmp_path
     assert "--rounds would change them" in error
 
 
-def test_an_environment_20_percent_slower_is_flagged_and_3_percent_is_not(tmp_path: Path) -> None:
-    slow = ab_run(tmp_path / "slow", slowdown=1.2)
-    proc, result = compare_envs(slow, "--envs", "a", "b")
-    assert proc.returncode == 1 and result["regressed"], proc.stderr
-    for cell in result["cells"]:
-        assert cell["verdict"] == "slower", cell
-        for phase in ("teacher", "distill"):
-            check = cell["time"][phase]
-            assert check["verdict"] == "slower" and 1.12 < check["ratio"] < 1.35, check
-    # The other way round the same cells are faster, and that is no regression.
-    proc, result = compare_envs(slow, "--envs", "b", "a")
-    assert proc.returncode == 0 and {c["verdict"] for c in result["cells"]} == {"faster"}
-
-    tiny = ab_run(tmp_path / "tiny", slowdown=1.03)
-    proc, result = compare_envs(tiny, "--envs", "a", "b")
-    assert proc.returncode == 0 and not result["regressed"], proc.stderr
-    assert "slower" not in {c["verdict"] for c in result["cells"]}
-
-
 TWO_CPUS = pytest.mark.skipif(
     len(os.sched_getaffinity(0)) < 2, reason="a duet needs a CPU for each environment"
 )
+DUET = ("--duet", "--threads", "1")
 
 
 @TWO_CPUS
 def test_a_duet_runs_each_rounds_environments_at_once_on_their_own_cpus(tmp_path: Path) -> None:
-    out = ab_run(tmp_path, 1.0, 3, "--duet", "--threads", "1")
+    out = ab_run(tmp_path, 1.0, 3, *DUET)
     records = lines(out)
     assert json.loads((out / "run.json").read_text())["duet"] is True
     cpus = sorted(os.sched_getaffinity(0))
@@ -125,14 +107,26 @@ def test_a_duet_runs_each_rounds_environments_at_once_on_their_own_cpus(tmp_path
 
 
 @TWO_CPUS
-def test_a_duet_flags_an_environment_20_percent_slower_in_three_rounds(tmp_path: Path) -> None:
-    slow = ab_run(tmp_path, 1.2, 3, "--duet", "--threads", "1")
+def test_an_environment_20_percent_slower_is_flagged_and_3_percent_is_not(tmp_path: Path) -> None:
+    # Side by side (--duet), so both environments meet the other test worker's
+    # load alike: taking turns, a round whose baseline ran beside a busier
+    # neighbour once shrank the measured ratio to 1.08 (the verdict held).
+    slow = ab_run(tmp_path / "slow", 1.2, ROUNDS, *DUET)
     proc, result = compare_envs(slow, "--envs", "a", "b")
     assert proc.returncode == 1 and result["regressed"], proc.stderr
     for cell in result["cells"]:
+        assert cell["verdict"] == "slower", cell
         for phase in ("teacher", "distill"):
             check = cell["time"][phase]
-            assert check["verdict"] == "slower" and 1.1 < check["ratio"] < 1.35, check
+            assert check["verdict"] == "slower" and 1.12 < check["ratio"] < 1.35, check
+    # The other way round the same cells are faster, and that is no regression.
+    proc, result = compare_envs(slow, "--envs", "b", "a")
+    assert proc.returncode == 0 and {c["verdict"] for c in result["cells"]} == {"faster"}
+
+    tiny = ab_run(tmp_path / "tiny", 1.03, ROUNDS, *DUET)
+    proc, result = compare_envs(tiny, "--envs", "a", "b")
+    assert proc.returncode == 0 and not result["regressed"], proc.stderr
+    assert "slower" not in {c["verdict"] for c in result["cells"]}
 
 
 def test_bad_environments_and_comparisons_are_one_line_errors(tmp_path: Path) -> None:

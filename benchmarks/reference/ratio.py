@@ -104,16 +104,16 @@ class KdbenchSide:
         model = b.build(phase.arch, phase.weights, seed=phase.seed)
         teacher = bench.teacher if phase.frozen else None
         self.state = b.init_train(model, phase.optimizer, phase.loss, teacher=teacher)
-        self.state, _ = self._run(warm)
+        self.state, _ = self._run(warm, bench.cell)
         b.sync(self.state)
 
-    def _run(self, plan: BatchPlan) -> tuple[Any, Any]:
+    def _run(self, plan: BatchPlan, cell: Any) -> tuple[Any, Any]:
         p = self.phase
-        return train_phase(self.bench.cell, p.name, p.net, self.state, self.bench.train, plan)
+        return train_phase(cell, p.name, p.net, self.state, self.bench.train, plan)
 
     def timed(self, plan: BatchPlan) -> Timing:
         c0, t0 = time.process_time(), time.perf_counter()
-        self.state, stats = self._run(plan)
+        self.state, stats = self._run(plan, self.bench.steady)  # past the warm-up
         self.bench.backend.sync(self.state)  # train_phase synced its last step already
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         return Timing(wall, cpu, np.asarray(stats.loss_epochs, dtype=np.float64))
@@ -158,6 +158,7 @@ def measure(
     threads: int,
     phase: str = "distill",
     precision: str = "float32",
+    block_epochs: int = 1,
 ) -> dict[str, Any]:
     """Interleaved kdbench and reference blocks of one phase in this process; the figures."""
     started = time.perf_counter()
@@ -166,7 +167,13 @@ def measure(
     inputs = phase_inputs(bench, phase)
     epochs = max(1, round(steps / inputs.plan.steps_per_epoch))
     epochs = min(epochs, inputs.plan.epochs - 1)  # epoch 0's start is the warm-up
-    warm, blocks = split_plan(inputs.plan, bench.cell.warmup, epochs)
+    warm, epoch_blocks = split_plan(inputs.plan, bench.cell.warmup, epochs)
+    # Timed blocks of block_epochs epochs each: a cell pays train_phase's fixed
+    # cost (its record: about 1 ms) once per phase, a block once per block.
+    k = max(1, min(block_epochs, epochs))
+    blocks = [
+        BatchPlan(inputs.plan.indices[1 + e : 1 + e + k]) for e in range(0, epochs - k + 1, k)
+    ]
     pairs: list[tuple[Timing, Timing]] = []
     for r in range(repeats):
         sides = {
@@ -194,6 +201,7 @@ def run_child(
         cmd = [sys.executable, __file__, "--child", backend, "--specs", spec, "--phases", phase,
                "--precision", precision, "--out", str(out),
                "--repeats", str(args.repeats), "--steps", str(args.steps),
+               "--block-epochs", str(args.block_epochs),
                "--threads", str(args.threads)]  # fmt: skip
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
@@ -240,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", nargs="+", choices=("float32", "bf16"), default=["float32"])
     p.add_argument("--repeats", type=int, default=3, help="rounds, each with fresh state")
     p.add_argument("--steps", type=int, default=216, help="timed steps per round and side")
+    p.add_argument(
+        "--block-epochs",
+        type=int,
+        default=1,
+        help="epochs per timed block (more for specs with short epochs: a block pays "
+        "train_phase's fixed cost once, a cell once per phase)",
+    )
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (0: all cores)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -248,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         figures = measure(
             args.child, args.specs[0], args.repeats, args.steps, args.threads, args.phases[0],
-            args.precision[0],
+            args.precision[0], args.block_epochs,
         )  # fmt: skip
         args.out.write_text(json.dumps(figures, default=float))
         return 0

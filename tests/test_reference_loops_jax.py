@@ -25,6 +25,7 @@ from reference_loops import (
     kdbench_losses,
     load,
     mnist5k_cell,
+    phase_inputs,
     ratio_figures,
     reference_losses,
 )
@@ -171,26 +172,12 @@ def resnet_cell(tmp_path_factory):
     return prepare_cell(load_spec(str(path)), seed=0)
 
 
-def phase_of(cell, phase: str) -> dict:
-    """What a phase trains, as ratio.phase_inputs has it."""
-    from kdbench.backends.base import LossConfig
-
-    loaded = cell.loaded
-    if phase == "teacher":
-        return dict(net=cell.spec.teacher, arch=loaded.teacher_arch, weights=cell.teacher_weights,
-                    seed=cell.teacher_seed, optimizer=cell.teacher_optimizer,
-                    loss=LossConfig("none"), plan=cell.teacher_plan, frozen=(None, None))  # fmt: skip
-    return dict(net=cell.spec.student, arch=loaded.student_arch, weights=cell.student_weights,
-                seed=cell.student_seed, optimizer=cell.student_optimizer, loss=cell.loss,
-                plan=cell.student_plan, frozen=(loaded.teacher_arch, cell.teacher_weights))  # fmt: skip
-
-
 def kdbench_phase(cell, phase: str, precision: str = "float32", optimizer: dict | None = None):
     """The phase's first STEPS through the backend: (losses, trained weights)."""
     from kdbench.backends.base import Settings, get_backend
     from kdbench.plan import learning_rates
 
-    p = phase_of(cell, phase)
+    p = phase_inputs(cell, phase)
     backend = get_backend("jax")
     backend.setup(Settings(threads=1, precision=precision))
     data = backend.put_dataset(cell.data.x_train, cell.data.y_train)
@@ -212,7 +199,7 @@ def reference_phase(
     """The same steps through the reference loop: (losses, its Reference)."""
     from kdbench.plan import learning_rates
 
-    p = phase_of(cell, phase)
+    p = phase_inputs(cell, phase)
     run = module.setup(cell.data.x_train, cell.data.y_train, *p["frozen"], p["arch"],
                        p["weights"], optimizer or p["optimizer"], p["loss"], seed=p["seed"],
                        precision=precision)  # fmt: skip
@@ -252,7 +239,7 @@ def test_the_reference_takes_kdbenchs_resnet_steps(resnet_cell, kdbench_resnet, 
     theirs, run = reference_phase(load("jax"), resnet_cell, phase)
     np.testing.assert_allclose(theirs, ours, rtol=RESNET_RTOL)
     assert ours[-1] < ours[0]
-    means, start = running_means(run), phase_of(resnet_cell, phase)["weights"]
+    means, start = running_means(run), phase_inputs(resnet_cell, phase)["weights"]
     assert len(means) == 9  # resnet8: the stem's, 2 a block, 1 a projection shortcut
     for name, mean in means.items():
         assert not np.allclose(mean, start[name])  # updated by the steps

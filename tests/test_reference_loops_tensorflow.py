@@ -24,6 +24,7 @@ from reference_loops import (
     kdbench_losses,
     load,
     mnist5k_cell,
+    phase_inputs,
     ratio_figures,
     reference_losses,
 )
@@ -59,19 +60,6 @@ def resnet_cell():
     return prepare_cell(load_spec("resnet-speed", small), seed=0)
 
 
-def phase_of(cell: Any, phase: str) -> dict[str, Any]:
-    """What a phase trains, as ratio.py's phase_inputs has it."""
-    from kdbench.backends.base import LossConfig
-
-    if phase == "teacher":
-        return dict(net=cell.spec.teacher, arch=cell.loaded.teacher_arch,
-                    weights=cell.teacher_weights, optimizer=cell.teacher_optimizer,
-                    loss=LossConfig("none"), plan=cell.teacher_plan, frozen=(None, None))  # fmt: skip
-    return dict(net=cell.spec.student, arch=cell.loaded.student_arch,
-                weights=cell.student_weights, optimizer=cell.student_optimizer, loss=cell.loss,
-                plan=cell.student_plan, frozen=(cell.loaded.teacher_arch, cell.teacher_weights))  # fmt: skip
-
-
 def steps_of(plan: Any, steps: int = STEPS) -> np.ndarray:
     """The batch indices of the plan's first steps, epochs one after another."""
     return plan.indices.reshape(-1, plan.indices.shape[-1])[:steps]
@@ -84,7 +72,7 @@ def kdbench_run(
     from kdbench.backends.base import Settings, get_backend
     from kdbench.plan import learning_rates
 
-    p = phase_of(cell, phase)
+    p = phase_inputs(cell, phase)
     backend = get_backend("tensorflow")
     backend.setup(Settings(threads=1, precision=precision))
     data = backend.put_dataset(cell.data.x_train, cell.data.y_train)
@@ -106,7 +94,7 @@ def reference_run(
     """The same steps through the reference loop: losses, and the Reference after."""
     from kdbench.plan import learning_rates
 
-    p = phase_of(cell, phase)
+    p = phase_inputs(cell, phase)
     run = module.setup(cell.data.x_train, cell.data.y_train, *p["frozen"], p["arch"],
                        p["weights"], p["optimizer"], p["loss"], precision=precision)  # fmt: skip
     lrs = learning_rates(p["net"], p["plan"])[:steps]

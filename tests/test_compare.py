@@ -33,6 +33,7 @@ from kdbench.compare import (
     Thresholds,
     compare_records,
 )
+from kdbench.compare.stats import faster_half, fastest_block
 
 # Realistic step counts (about 470 steady steps per phase, ~0.5 ms each): the
 # tiny 78-step spec of test_cli is too short to tell 20% from noise on a
@@ -356,6 +357,64 @@ def test_rounds_of_an_ab_run_are_paired_and_each_must_show_the_change() -> None:
     assert cmp.exit_code == 0
 
 
+def test_a_process_slowed_by_a_neighbour_is_judged_on_its_fastest_stretch() -> None:
+    """The same code in two processes, one slowed by 30% from its 150th step on
+    (a neighbour that started mid-run): its median moved, its floor did not."""
+    base = [synthetic(0)]
+
+    def other_process(scale: float = 1.0) -> dict[str, Any]:
+        """Seed 0's cell with its own random step times: the same code run again."""
+        return {**synthetic(1, scale), "seed": 0, "cell_id": "syn/pytorch/seed0"}
+
+    busy = other_process()
+    times = busy["phases"]["teacher"]["step_times_s"]
+    busy["phases"]["teacher"]["step_times_s"] = times[:150] + [t * 1.3 for t in times[150:]]
+    floor = compare_records(base, [busy]).cells[0].times["teacher"]
+    assert floor.statistic == "floor" and floor.ratio == floor.floor_ratio
+    assert floor.median_ratio > 1.1 and floor.ratio < 1.05
+    assert floor.verdict == SAME
+    by_median = compare_records(base, [busy], Thresholds(statistic="median"))
+    median = by_median.cells[0].times["teacher"]
+    assert median.statistic == "median" and median.ratio == median.median_ratio
+    assert median.verdict == SLOWER and by_median.exit_code == 1
+    # A change of the code itself moves every step, the fastest ones too.
+    slow = compare_records(base, [other_process(1.2)]).cells[0].times["teacher"]
+    assert slow.ratio == pytest.approx(1.2, rel=0.05) and slow.verdict == SLOWER
+
+
+def test_a_slower_candidate_beside_a_baseline_slowed_most_of_its_run_is_slower() -> None:
+    """The baseline's process slowed by half after its first 140 steps (13 of
+    its 29 blocks clean, as in a measured A/B round where 10 of 22 were), the
+    candidate's code 20% slower throughout: the medians point the other way;
+    the floors and the test of the faster halves see the change."""
+    base = synthetic(0)
+    times = base["phases"]["teacher"]["step_times_s"]
+    base["phases"]["teacher"]["step_times_s"] = times[:140] + [t * 1.5 for t in times[140:]]
+    cand = {**synthetic(1, scale=1.2), "seed": 0, "cell_id": "syn/pytorch/seed0"}
+    check = compare_records([base], [cand]).cells[0].times["teacher"]
+    # (the baseline's floor is the fastest of its 13 clean blocks, the candidate's of 29)
+    assert 1.1 < check.ratio < 1.25 and check.verdict == SLOWER
+    assert check.p_value < 0.01
+    by_median = compare_records([base], [cand], Thresholds(statistic="median"))
+    median = by_median.cells[0].times["teacher"]
+    assert median.ratio < 1 and median.verdict != SLOWER
+
+
+def test_the_faster_half_is_the_blocks_with_the_lower_medians() -> None:
+    rows = np.array([[3.0, 3.0], [1.0, 9.0], [2.0, 2.0], [0.5, 0.5], [4.0, 4.0]])
+    assert faster_half(rows).tolist() == [[0.5, 0.5], [2.0, 2.0], [3.0, 3.0]]
+    assert faster_half(rows[:4]).tolist() == [[0.5, 0.5], [2.0, 2.0]]
+
+
+def test_the_floor_is_the_fastest_block_median_not_the_fastest_step() -> None:
+    # One interval collected early (its predecessor's completion seen late) is
+    # not a floor: the median of its block is.
+    times = np.array([1.0, 1.0, 0.1, 1.0, 1.0, 0.9, 0.9, 2.0, 0.9, 0.9, 0.5])
+    assert fastest_block(times, 5) == 0.9  # the 11th step is a partial block
+    assert fastest_block(times, 1) == 0.1
+    assert fastest_block(np.array([3.0, 2.0]), 5) == 2.0  # fewer steps than a block
+
+
 def test_eval_has_medians_only_and_never_fails() -> None:
     cand = synthetic(0)
     cand["phases"]["eval"]["batch_time_median_s"] = 5e-4  # 5x slower
@@ -514,16 +573,22 @@ def test_json_output_structure(tmp_path: Path, capsys: pytest.CaptureFixture[str
         "format", "baseline", "candidate", "thresholds", "regressed", "exit_code",
         "counts", "cells", "accuracy", "refused", "warnings",
     }  # fmt: skip
-    assert result["thresholds"] == {"time": 0.1, "memory": 0.1, "accuracy": 1.0, "alpha": 0.01}
+    assert result["thresholds"] == {
+        "time": 0.1, "memory": 0.1, "accuracy": 1.0, "alpha": 0.01, "statistic": "floor",
+    }  # fmt: skip
     assert result["counts"] == {SLOWER: 1}
     (cell,) = result["cells"]
     assert (cell["spec"], cell["backend"], cell["seed"]) == ("syn", "pytorch", 0)
     teacher = cell["time"]["teacher"]
     assert set(teacher) >= {
         "verdict", "baseline_median_s", "candidate_median_s", "ratio", "throughput_ratio",
-        "ci", "p_value", "samples", "seed_verdict",
+        "ci", "p_value", "samples", "seed_verdict", "statistic", "baseline_floor_s",
+        "candidate_floor_s", "median_ratio", "floor_ratio",
     }  # fmt: skip
     assert teacher["samples"] == [295, 295] and len(teacher["ci"]) == 2
+    assert teacher["statistic"] == "floor" and teacher["ratio"] == teacher["floor_ratio"]
+    assert teacher["floor_ratio"] == pytest.approx(1.3) == teacher["median_ratio"]
+    assert teacher["baseline_floor_s"] < teacher["baseline_median_s"]
     assert cell["memory"]["host peak RSS"]["ratio"] == 1.0
     assert cell["accuracy_delta_pts"] == {"teacher": 0.0, "scratch": 0.0, "distilled": 0.0}
 
@@ -582,3 +647,5 @@ def test_bad_thresholds_are_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
     assert rc == 2 and "--alpha must be between 0 and 1" in err
     rc, _, err = run_compare(capsys, good, good, "--memory-threshold", "-0.1")
     assert rc == 2 and "--memory-threshold must be 0 or more" in err
+    rc, _, err = run_compare(capsys, good, good, "--statistic", "mean")
+    assert rc == 2 and "--statistic: invalid choice: 'mean' (choose from" in err

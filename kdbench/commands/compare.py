@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from kdbench.compare.model import Thresholds
+from kdbench.compare.model import STATISTICS, Thresholds
 from kdbench.compare.render import render, to_json
 from kdbench.compare.verdicts import compare_records, load_side, provenance
 from kdbench.errors import KdbenchError
@@ -69,6 +69,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help=f"significance level of the step-time tests (default {d.alpha:g})",
     )
     p.add_argument(
+        "--statistic",
+        choices=STATISTICS,
+        default=d.statistic,
+        help="what a phase's step-time change is the ratio of: the fastest block of "
+        "consecutive steps on each side (default; steadier on a shared machine, where other "
+        "load only adds time) or the median step",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="compare cells whose device, settings or spec content differ (marked as forced)",
@@ -104,7 +112,13 @@ def one_env(records: list[Record], path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    th = Thresholds(args.time_threshold, args.memory_threshold, args.accuracy_threshold, args.alpha)
+    th = Thresholds(
+        args.time_threshold,
+        args.memory_threshold,
+        args.accuracy_threshold,
+        args.alpha,
+        args.statistic,
+    )
     for name in ("time", "memory", "accuracy"):
         if not getattr(th, name) >= 0:
             raise KdbenchError(f"--{name}-threshold must be 0 or more (got {getattr(th, name)})")

@@ -16,15 +16,22 @@ JSON_FORMAT = 1
 SAME, SLOWER, FASTER, UNCERTAIN = "same", "slower", "faster", "uncertain"
 NOT_COMPARABLE = "not comparable"
 
+# What a phase's change is measured on (see kdbench.compare): the fastest block
+# of consecutive steps on either side, or the median step.
+FLOOR, MEDIAN = "floor", "median"
+STATISTICS = (FLOOR, MEDIAN)
+
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Relative changes for time and memory, points for accuracy, alpha for the tests."""
+    """Relative changes for time and memory, points for accuracy, alpha for the
+    tests, and the step-time statistic whose ratio is held to the time threshold."""
 
     time: float = 0.05
     memory: float = 0.10
     accuracy: float = 1.0
     alpha: float = 0.01
+    statistic: str = FLOOR
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -32,12 +39,19 @@ DEFAULT_THRESHOLDS = Thresholds()
 
 @dataclass
 class TimeCheck:
-    """One phase of one cell: ratio of median step (or batch) times, candidate/baseline."""
+    """One phase of one cell: candidate/baseline ratio of step (or batch) times.
+
+    `ratio` is the judged one, of `statistic`; both ratios are kept to read."""
 
     phase: str
     verdict: str = NOT_COMPARABLE
+    statistic: str = MEDIAN
     baseline_median_s: float | None = None
     candidate_median_s: float | None = None
+    baseline_floor_s: float | None = None
+    candidate_floor_s: float | None = None
+    median_ratio: float | None = None
+    floor_ratio: float | None = None
     ratio: float | None = None
     throughput_ratio: float | None = None
     ci: tuple[float, float] | None = None

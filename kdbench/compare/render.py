@@ -11,6 +11,7 @@ from rich.table import Table
 from kdbench.compare.model import (
     ACCURACIES,
     FASTER,
+    FLOOR,
     NOT_COMPARABLE,
     SAME,
     SLOWER,
@@ -87,9 +88,14 @@ def _time_text(check: TimeCheck | None, label: str = "") -> str:
     if check is None or check.verdict == NOT_COMPARABLE:
         return prefix + "n/a"
     text = prefix + _pct(check.ratio)
+    ci = ""
     if check.ci is not None:
         lo, hi = ((v - 1) * 100 for v in check.ci)
-        text += f" [{lo:+.1f}, {hi:+.1f}]"
+        ci = f" [{lo:+.1f}, {hi:+.1f}]"
+    if check.statistic == FLOOR:
+        text += f" (median {_pct(check.median_ratio)}{ci})"
+    else:
+        text += ci
     if check.medians_only:
         text += " (medians)"
     return f"[{STYLE[check.verdict]}]{text} {check.verdict}[/]"
@@ -157,10 +163,22 @@ def render(cmp: Comparison, console: Console) -> None:
         console.print(f"refused: {line}", markup=False, highlight=False)
     for line in cmp.warnings:
         console.print(f"warning: {line}", markup=False, highlight=False)
+    if th.statistic == FLOOR:
+        measured = (
+            f"the fastest block of {BLOCK_STEPS} consecutive steps (fewer in a short phase; "
+            "its median) of each side"
+        )
+        tested = "the medians of the faster half of those blocks"
+    else:
+        measured, tested = (
+            "the median step of each side",
+            f"the medians of {BLOCK_STEPS}-step blocks",
+        )
     rules = (
-        f"rules: a phase is slower/faster only beyond ±{th.time:.0%} AND significant "
-        f"(Mann-Whitney p < {th.alpha:g} on medians of {BLOCK_STEPS}-step blocks) in every "
-        f"matched seed (and round); [brackets]: {1 - th.alpha:.0%} block-bootstrap CI of the change;",
+        f"rules: a phase's change is the ratio of {measured}; it is slower/faster only beyond "
+        f"±{th.time:.0%} AND significant (Mann-Whitney p < {th.alpha:g} on {tested}) in every "
+        f"matched seed (and round); [brackets]: "
+        f"{1 - th.alpha:.0%} block-bootstrap CI of the change of the medians;",
         f"eval phases without raw samples (medians) never fail; memory beyond +{th.memory:.0%} and a "
         f"mean accuracy drop beyond {th.accuracy:g} points are judged on the threshold alone.",
     )

@@ -41,6 +41,35 @@ def block_size(n: int, m: int) -> int:
     return max(1, min(BLOCK_STEPS, min(n, m) // MIN_BLOCKS))
 
 
+def fastest_block(times: np.ndarray, size: int) -> float:
+    """The median of the fastest block of `size` consecutive steps: the phase's floor.
+
+    Another program on a shared machine only ever adds time to a step, so the
+    fastest stretch of a phase is the best estimate of what the code itself
+    costs; a median over a whole process also carries whatever slowed that
+    process (a busy neighbour, a slow core), which two processes of the same
+    code do not share. A block's median, not a single step, so that one
+    early-looking interval (a step in flight whose predecessor was collected
+    late) cannot set the floor alone.
+    """
+    rows = blocks(times, size)
+    if not len(rows):
+        return float(np.min(times))
+    return float(np.min(np.median(rows, axis=1)))
+
+
+def faster_half(rows: np.ndarray) -> np.ndarray:
+    """The faster half of a side's blocks (by median; the middle one kept when odd).
+
+    What the floor is tested on: the part of each side where a busy neighbour
+    left the least time. A process slowed for most of its run keeps its
+    fastest blocks, and a test on all of its blocks would find no difference
+    from a candidate 20% slower throughout.
+    """
+    order = np.argsort(np.median(rows, axis=1), kind="stable")
+    return rows[order[: (len(rows) + 1) // 2]]
+
+
 def bootstrap_ratio_ci(
     baseline: np.ndarray, candidate: np.ndarray, alpha: float, resamples: int = BOOTSTRAP_RESAMPLES
 ) -> tuple[float, float]:

@@ -18,6 +18,7 @@ from kdbench.compare.model import (
     ACCURACIES,
     DEFAULT_THRESHOLDS,
     FASTER,
+    FLOOR,
     NOT_COMPARABLE,
     SAME,
     SLOWER,
@@ -37,6 +38,8 @@ from kdbench.compare.stats import (
     blocks,
     bootstrap_ratio_ci,
     can_be_significant,
+    faster_half,
+    fastest_block,
     u_test,
 )
 from kdbench.errors import KdbenchError
@@ -116,20 +119,29 @@ def compare_phase(phase: str, base: Phase | None, cand: Phase | None, th: Thresh
             check.note = f"{phase}: no step times recorded"
             return check
         check.baseline_median_s, check.candidate_median_s = bm, cm
-        check.ratio, check.throughput_ratio = cm / bm, bm / cm
+        check.ratio = check.median_ratio = cm / bm
+        check.throughput_ratio = bm / cm
         check.medians_only = True
         check.verdict = check.seed_verdict = classify(check.ratio, False, th.time)
         return check
     bm, cm = float(np.median(b)), float(np.median(c))
     check.baseline_median_s, check.candidate_median_s = bm, cm
-    check.ratio, check.throughput_ratio = cm / bm, bm / cm
     check.samples = (len(b), len(c))
     check.block_steps = block_size(len(b), len(c))
+    bf, cf = fastest_block(b, check.block_steps), fastest_block(c, check.block_steps)
+    check.baseline_floor_s, check.candidate_floor_s = bf, cf
+    check.median_ratio, check.floor_ratio = cm / bm, cf / bf
+    check.statistic = th.statistic
+    check.ratio = check.floor_ratio if th.statistic == FLOOR else check.median_ratio
+    check.throughput_ratio = 1 / check.ratio
     bb, cb = blocks(b, check.block_steps), blocks(c, check.block_steps)
+    # The test looks where the statistic does: at the faster half for the floor.
+    tb, tc = (faster_half(bb), faster_half(cb)) if th.statistic == FLOOR else (bb, cb)
     significant = False
     if can_be_significant(len(bb), len(cb), th.alpha):
-        check.p_value, candidate_slower = u_test(bb, cb)
         check.ci = bootstrap_ratio_ci(bb, cb, th.alpha)
+    if can_be_significant(len(tb), len(tc), th.alpha):
+        check.p_value, candidate_slower = u_test(tb, tc)
         significant = check.p_value < th.alpha and candidate_slower == (check.ratio > 1)
     else:
         check.note = f"{phase}: {len(b)} vs {len(c)} steps are too few for a test at {th.alpha:g}"

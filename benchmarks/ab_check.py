@@ -4,11 +4,14 @@ Each repetition makes three A/B runs of the quick matrix (1 seed, 3 rounds):
 A/A (the same environment under two labels), a candidate whose every training
 step is 20% slower, and one 3% slower (tests/slow_env: the same interpreter,
 its steps stretched by a busy-wait). Each is judged by
-``kdbench compare RUN --envs a b``; the three take turns inside a repetition so
-that drift of the machine spreads over all of them. Prints every outcome, then
-per condition how often compare flagged a regression (exit 1).
+``kdbench compare RUN --envs a b``, once per statistic (the floor, compare's
+default, and the median), so both rules meet the same runs; the three
+conditions take turns inside a repetition so that drift of the machine
+spreads over all of them. Prints every outcome, then per statistic and
+condition how often compare flagged a regression (exit 1).
 
     python benchmarks/ab_check.py --repeats 10 --backend pytorch --out /tmp/ab [--duet]
+    python benchmarks/ab_check.py --out /tmp/ab --judge-only   # judge those runs again
 
 Goals (issue 12): A/A never flagged, +20% flagged every time, +3% never.
 """
@@ -30,9 +33,15 @@ from ab_envs import env_flags, interpreter  # noqa: E402
 
 CONDITIONS = {"A/A": 1.0, "+20%": 1.2, "+3%": 1.03}
 WANTED = {"A/A": False, "+20%": True, "+3%": False}  # flagged?
+STATISTICS = ("floor", "median")
 
 
-def ab_run(folder: Path, slowdown: float, args: argparse.Namespace) -> dict:
+def folder_of(out: Path, repeat: int, condition: str) -> Path:
+    return out / f"r{repeat}-{condition.strip('+%').replace('/', '')}"
+
+
+def ab_run(folder: Path, slowdown: float, args: argparse.Namespace) -> float:
+    """One A/B run of the matrix; its wall time in seconds."""
     envs = (("a", interpreter(folder / "envs", "a")),)
     envs += (("b", interpreter(folder / "envs", "b", slowdown)),)
     run = [sys.executable, "-m", "kdbench", "run", "--matrix", args.matrix]
@@ -43,9 +52,16 @@ def ab_run(folder: Path, slowdown: float, args: argparse.Namespace) -> dict:
     done = subprocess.run(run, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"kdbench run failed in {folder}:\n{done.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def judge(folder: Path, statistic: str) -> dict:
+    """compare's exit status, cell verdicts and per-round ratios of one A/B run."""
     compare = [sys.executable, "-m", "kdbench", "compare", str(folder / "run")]
-    compare += ["--envs", "a", "b", "--json", "-"]
+    compare += ["--envs", "a", "b", "--statistic", statistic, "--json", "-"]
     judged = subprocess.run(compare, capture_output=True, text=True)
+    if judged.returncode not in (0, 1):
+        raise SystemExit(f"kdbench compare failed on {folder}:\n{judged.stderr[-2000:]}")
     result = json.loads(judged.stdout)
     ratios = {}
     for phase in ("teacher", "distill"):
@@ -55,8 +71,32 @@ def ab_run(folder: Path, slowdown: float, args: argparse.Namespace) -> dict:
         "exit": judged.returncode,
         "verdicts": sorted({c["verdict"] for c in result["cells"]}),
         "ratios": ratios,
-        "wall_s": time.perf_counter() - started,
     }
+
+
+def summary(outcomes: list[dict], console: Console) -> None:
+    """Per statistic, a table of every run, then how often each condition was flagged."""
+    for statistic in STATISTICS:
+        table = Table(title=f"judged on the {statistic}")
+        for col in ("repeat", "condition", "exit", "verdicts", "teacher ratios", "distill ratios"):
+            table.add_column(col)
+        for o in outcomes:
+            j = o["judged"][statistic]
+            ratios = {p: " ".join(f"{r:.2f}" for r in v) for p, v in j["ratios"].items()}
+            row = (str(o["repeat"]), o["condition"], str(j["exit"]), "/".join(j["verdicts"]))
+            table.add_row(*row, ratios["teacher"], ratios["distill"])
+        console.print(table)
+    for statistic in STATISTICS:
+        for condition in CONDITIONS:
+            rows = [o["judged"][statistic] for o in outcomes if o["condition"] == condition]
+            flagged = sum(j["exit"] == 1 for j in rows)
+            goal = "every time" if WANTED[condition] else "never"
+            met = flagged == (len(rows) if WANTED[condition] else 0)
+            console.print(
+                f"{statistic}: {condition}: flagged {flagged}/{len(rows)} (goal: {goal}) "
+                f"{'met' if met else 'MISSED'}",
+                highlight=False,
+            )
 
 
 def main() -> None:
@@ -76,45 +116,35 @@ def main() -> None:
         "machine PyTorch's OpenMP threads wait for busy cores, which no A/B can pair away)",
     )
     parser.add_argument("--out", type=Path, required=True, help="an empty folder for the runs")
+    parser.add_argument(
+        "--judge-only",
+        action="store_true",
+        help="run nothing: judge the runs already in --out (those of the first --repeats)",
+    )
     parser.add_argument("--json", type=Path, help="write every outcome here")
     args = parser.parse_args()
     console = Console()
     outcomes = []
-    title = f"A/B checks: {args.matrix} matrix, {args.backend}, {args.rounds} rounds"
-    title += ", duet" if args.duet else ""
-    table = Table(title=f"{title}, {args.threads} thread(s)")
-    for col in ("repeat", "condition", "exit", "verdicts", "teacher ratios", "distill ratios"):
-        table.add_column(col)
     for repeat in range(args.repeats):
         for condition, slowdown in CONDITIONS.items():
-            folder = args.out / f"r{repeat}-{condition.strip('+%').replace('/', '')}"
-            outcome = {"repeat": repeat, "condition": condition, **ab_run(folder, slowdown, args)}
-            outcomes.append(outcome)
-            ratios = {p: " ".join(f"{r:.2f}" for r in v) for p, v in outcome["ratios"].items()}
+            folder = folder_of(args.out, repeat, condition)
+            if args.judge_only and not (folder / "run" / "results.jsonl").exists():
+                continue  # judging: this run was never made (or a smaller --repeats)
+            wall = None if args.judge_only else ab_run(folder, slowdown, args)
+            judged = {s: judge(folder, s) for s in STATISTICS}
+            outcomes.append(
+                {"repeat": repeat, "condition": condition, "wall_s": wall, "judged": judged}
+            )
+            floor = judged["floor"]
+            ratios = {p: " ".join(f"{r:.2f}" for r in v) for p, v in floor["ratios"].items()}
             console.print(
-                f"repeat {repeat} {condition}: exit {outcome['exit']}, "
-                f"{'/'.join(outcome['verdicts'])}, teacher {ratios['teacher']}, "
-                f"distill {ratios['distill']} ({outcome['wall_s']:.0f} s)",
+                f"repeat {repeat} {condition}: exit {floor['exit']} (median: "
+                f"{judged['median']['exit']}), {'/'.join(floor['verdicts'])}, floor ratios: "
+                f"teacher {ratios['teacher']}, distill {ratios['distill']}"
+                + (f" ({wall:.0f} s)" if wall is not None else ""),
                 highlight=False,
             )
-            table.add_row(
-                str(repeat),
-                condition,
-                str(outcome["exit"]),
-                "/".join(outcome["verdicts"]),
-                ratios["teacher"],
-                ratios["distill"],
-            )
-    console.print(table)
-    for condition in CONDITIONS:
-        rows = [o for o in outcomes if o["condition"] == condition]
-        flagged = sum(o["exit"] == 1 for o in rows)
-        goal = "every time" if WANTED[condition] else "never"
-        met = flagged == (len(rows) if WANTED[condition] else 0)
-        console.print(
-            f"{condition}: flagged {flagged}/{len(rows)} (goal: {goal}) {'met' if met else 'MISSED'}",
-            highlight=False,
-        )
+    summary(outcomes, console)
     if args.json:
         args.json.write_text(json.dumps(outcomes, indent=1) + "\n")
 

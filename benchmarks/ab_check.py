@@ -12,6 +12,7 @@ condition how often compare flagged a regression (exit 1).
 
     python benchmarks/ab_check.py --repeats 10 --backend pytorch --out /tmp/ab [--duet]
     python benchmarks/ab_check.py --out /tmp/ab --judge-only   # judge those runs again
+    python benchmarks/ab_check.py --repeats 10 --neighbours 2 --out /tmp/abn   # beside load
 
 Goals (issue 12): A/A never flagged, +20% flagged every time, +3% never.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import random
 import subprocess
 import sys
 import time
@@ -34,6 +37,24 @@ from ab_envs import env_flags, interpreter  # noqa: E402
 CONDITIONS = {"A/A": 1.0, "+20%": 1.2, "+3%": 1.03}
 WANTED = {"A/A": False, "+20%": True, "+3%": False}  # flagged?
 STATISTICS = ("floor", "median")
+
+
+def busy_neighbour(seed: int) -> None:
+    """Busy for 0-3 s, idle for 0-3 s, at random, forever: load that comes and goes."""
+    rng = random.Random(seed)
+    while True:
+        time.sleep(rng.uniform(0.0, 3.0))
+        end = time.perf_counter() + rng.uniform(0.0, 3.0)
+        while time.perf_counter() < end:
+            pass
+
+
+def start_neighbours(count: int) -> list[multiprocessing.Process]:
+    procs = [multiprocessing.Process(target=busy_neighbour, args=(i,)) for i in range(count)]
+    for proc in procs:
+        proc.daemon = True  # gone with this script
+        proc.start()
+    return procs
 
 
 def folder_of(out: Path, repeat: int, condition: str) -> Path:
@@ -121,9 +142,16 @@ def main() -> None:
         action="store_true",
         help="run nothing: judge the runs already in --out (those of the first --repeats)",
     )
+    parser.add_argument(
+        "--neighbours",
+        type=int,
+        default=0,
+        help="run beside this many processes busy for 0-3 s, idle for 0-3 s, at random",
+    )
     parser.add_argument("--json", type=Path, help="write every outcome here")
     args = parser.parse_args()
     console = Console()
+    neighbours = [] if args.judge_only else start_neighbours(args.neighbours)
     outcomes = []
     for repeat in range(args.repeats):
         for condition, slowdown in CONDITIONS.items():
@@ -144,6 +172,8 @@ def main() -> None:
                 + (f" ({wall:.0f} s)" if wall is not None else ""),
                 highlight=False,
             )
+    for proc in neighbours:
+        proc.terminate()
     summary(outcomes, console)
     if args.json:
         args.json.write_text(json.dumps(outcomes, indent=1) + "\n")

@@ -19,13 +19,13 @@ How a verdict is reached, and why:
   blocks below). Another program on a shared machine only adds time to a step,
   and it slows one process more than the next (a busy neighbour, a slower
   core), so the fastest stretch of a phase is what its code costs and a whole
-  process's median is not. In three sets of 10 A/B runs of the quick matrix on
+  process's median is not. In four sets of 10 A/B runs of the quick matrix on
   the 2-core CI machine (``benchmarks/ab_check.py``: 3 rounds, teacher and
-  distillation, 60 pairs a set; two sets quiet, one beside bursty load) the
-  standard deviation of the log of an A/A pair's ratio was 0.014-0.062 for the
-  floors against 0.057-0.101 for the medians, and a candidate made 20% slower
-  showed a floor ratio of 1.165 or more in all 180 pairs, a median ratio as
-  low as 0.93. ``--statistic median`` judges the medians instead; both ratios
+  distillation, 60 pairs a set; three sets quiet, one beside bursty load) the
+  standard deviation of the log of an A/A pair's ratio was 0.014-0.071 for the
+  floors against 0.057-0.102 for the medians, and a candidate made 20% slower
+  showed a floor ratio of 1.165 or more in all 240 pairs, a median ratio as
+  low as 0.79. ``--statistic median`` judges the medians instead; both ratios
   are printed.
   A phase is *slower* or *faster* only when the change is beyond the
   threshold AND significant: a two-sided Mann-Whitney U test (as asv does) at

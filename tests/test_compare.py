@@ -350,6 +350,16 @@ def test_rounds_of_an_ab_run_are_paired_and_each_must_show_the_change() -> None:
     assert group.pairs == 3 and group.seeds == [0]
     assert group.note == "mean over 3 pairs (1 seed x 3 rounds)"
 
+    def seeds_and_rounds(env: str, scale: float) -> Records:
+        return [
+            synthetic(s, scale, env=env, round=r, cell_id=f"syn/pytorch/seed{s}/env={env}/round{r}")
+            for s in (0, 1)
+            for r in (0, 1)
+        ]
+
+    (group,) = compare_records(seeds_and_rounds("a", 1.0), seeds_and_rounds("b", 1.0)).accuracy
+    assert group.note == "mean over 4 pairs (2 seeds x 2 rounds)"
+
     cmp = compare_records(base, side("b", [1.3, 1.0, 1.3]))
     round0 = cmp.cells[0].times["teacher"]
     assert round0.seed_verdict == SLOWER and round0.verdict == UNCERTAIN

@@ -367,15 +367,15 @@ def test_rounds_of_an_ab_run_are_paired_and_each_must_show_the_change() -> None:
     assert cmp.exit_code == 0
 
 
+def other_process(scale: float = 1.0) -> dict[str, Any]:
+    """Seed 0's cell with step times of its own: the same code (times scale) run again."""
+    return {**synthetic(1, scale), "seed": 0, "cell_id": "syn/pytorch/seed0"}
+
+
 def test_a_process_slowed_by_a_neighbour_is_judged_on_its_fastest_stretch() -> None:
     """The same code in two processes, one slowed by 30% from its 150th step on
     (a neighbour that started mid-run): its median moved, its floor did not."""
     base = [synthetic(0)]
-
-    def other_process(scale: float = 1.0) -> dict[str, Any]:
-        """Seed 0's cell with its own random step times: the same code run again."""
-        return {**synthetic(1, scale), "seed": 0, "cell_id": "syn/pytorch/seed0"}
-
     busy = other_process()
     times = busy["phases"]["teacher"]["step_times_s"]
     busy["phases"]["teacher"]["step_times_s"] = times[:150] + [t * 1.3 for t in times[150:]]
@@ -400,7 +400,7 @@ def test_a_slower_candidate_beside_a_baseline_slowed_most_of_its_run_is_slower()
     base = synthetic(0)
     times = base["phases"]["teacher"]["step_times_s"]
     base["phases"]["teacher"]["step_times_s"] = times[:140] + [t * 1.5 for t in times[140:]]
-    cand = {**synthetic(1, scale=1.2), "seed": 0, "cell_id": "syn/pytorch/seed0"}
+    cand = other_process(1.2)
     check = compare_records([base], [cand]).cells[0].times["teacher"]
     # (the baseline's floor is the fastest of its 13 clean blocks, the candidate's of 29)
     assert 1.1 < check.ratio < 1.25 and check.verdict == SLOWER

@@ -167,7 +167,7 @@ def measure(
     inputs = phase_inputs(bench, phase)
     epochs = max(1, round(steps / inputs.plan.steps_per_epoch))
     epochs = min(epochs, inputs.plan.epochs - 1)  # epoch 0's start is the warm-up
-    warm, epoch_blocks = split_plan(inputs.plan, bench.cell.warmup, epochs)
+    warm, _ = split_plan(inputs.plan, bench.cell.warmup, epochs)  # timed blocks: cut below
     # Timed blocks of block_epochs epochs each: a cell pays train_phase's fixed
     # cost (its record: about 1 ms) once per phase, a block once per block.
     k = max(1, min(block_epochs, epochs))

@@ -15,11 +15,14 @@ to an equal share of this process's CPUs (the shares rotate round by round,
 so no environment keeps one CPU), and the next group starts when the last of
 them has ended. Their records are appended in the planned order.
 
-Measured on that VM (results/README.md), the duet did not narrow the spread
-of a round's ratio (0.217 against 0.244 in log units, 7 in 10 +20% runs
-flagged either way): there, what slows a cell belongs to its process or CPU,
-not to the moment. It does cut an A/B run's wall time, so the same minutes
-buy more rounds.
+Measured on that VM (results/README.md): judged on medians, the duet did not
+narrow the spread of a round's ratio (0.217 against 0.244 in log units, 7 in
+10 +20% runs flagged either way): what slowed a cell belonged to its process
+or CPU, not to the moment. Judged on floors (compare's rule since), another
+day, both ways flagged +20% 10 times in 10 and A/A never (A/A spread 0.011
+side by side, 0.014-0.071 taking turns). It always cuts an A/B run's wall
+time (12-15 s against 24-27 s for 3 quick rounds), so the same minutes buy
+more rounds.
 """
 
 from __future__ import annotations

@@ -85,3 +85,70 @@ def test_a_synchronous_backend_is_timed_step_by_step() -> None:
         assert calls[-1] == ("sync", (f"state{index}", f"loss{index}"))
     clock.drain()
     assert len(calls) == 4 and np.all(times > 0)
+
+
+class AsyncBackend(AsyncDevice):
+    """A fake asynchronous backend for train_phase: each step's loss is a future,
+    and every wait is logged with how many steps had been dispatched by then."""
+
+    def __init__(self) -> None:
+        super().__init__(waits_per_handle=True)
+        self.dispatched = 0
+        self.waits: list[int] = []
+
+    def train_step(self, state: int, data: object, idx: object, lr: float, scale: float):
+        self.dispatched += 1
+        return state + 1, self.queue.submit(lambda: (time.sleep(DEVICE_S), 1.0)[1])
+
+    def sync(self, *handles: object) -> None:
+        self.waits.append(self.dispatched)
+        for handle in handles:
+            if isinstance(handle, Future):
+                handle.result()
+
+    def to_numpy(self, handles: list[Future]) -> np.ndarray:
+        return np.array([h.result() for h in handles])
+
+    def reset_peak_memory(self) -> None:
+        pass
+
+    def peak_memory(self) -> None:
+        return None
+
+
+def run_phase(epoch_end=None) -> tuple[AsyncBackend, object, float]:
+    from types import SimpleNamespace
+
+    from kdbench.harness.phases import Cell, train_phase
+    from kdbench.plan import BatchPlan
+    from kdbench.spec import load_spec
+
+    backend = AsyncBackend()
+    cell = Cell(SimpleNamespace(warmup=2), backend)  # type: ignore[arg-type]
+    plan = BatchPlan(np.zeros((3, 5, 4), dtype=np.int32))  # 3 epochs of 5 steps
+    net = load_spec("mnist5k").spec.student
+    t0 = time.perf_counter()
+    _, phase = train_phase(
+        cell, "distill", net, 0, None, plan, flops_per_step=1, epoch_end=epoch_end
+    )
+    wall = time.perf_counter() - t0
+    backend.queue.shutdown()
+    return backend, phase, wall
+
+
+def test_a_phase_keeps_its_step_in_flight_across_epochs_and_drains_before_an_evaluation() -> None:
+    backend, phase, wall = run_phase()
+    # Warm-up steps 1-2 are waited for alone; from step 3 on, step n is waited
+    # for once step n+1 is dispatched, across the epochs' ends (5, 10) too:
+    # no drain between epochs when nothing reads the state there.
+    assert backend.waits == [1, 2, *range(4, 16), 15]
+    assert phase.loss_epochs == [1.0, 1.0, 1.0]
+    # The steady intervals tile the phase past its warm-up.
+    steady = sum(phase.step_times_s[2:])
+    assert steady == pytest.approx(wall - phase.warmup_s, rel=0.05)
+
+    evaluated: list[int] = []  # the state is the count of steps taken
+    backend, phase, _ = run_phase(lambda epoch, state: evaluated.append(state))
+    # An evaluation reads the state: the epoch's last step is done before it runs.
+    assert backend.waits == [1, 2, *range(4, 6), 5, *range(7, 11), 10, *range(12, 16), 15]
+    assert evaluated == [5, 10, 15] and phase.epoch_eval_s is not None

@@ -8,8 +8,13 @@ asynchronously) keeps one step in flight, as its experts' loops do: step n+1
 is dispatched before the clock waits for step n, and a step's time runs from
 the previous step's completion to its own. Waiting after every step would
 charge JAX its host-side dispatch on top of the device's work (about 7% of a
-5 ms CPU step, measured against the reference loop). Steps that finish
-before they return (PyTorch and TensorFlow on a CPU) are timed one by one.
+5 ms CPU step, measured against the reference loop). The step stays in flight
+across an epoch's end unless an evaluation reads the state there, and the
+losses are read once the phase is done: draining the pipeline at every
+epoch's end left the device idle for a dispatch and a read-back each time
+(JAX's ratio to the reference loop on the default spec 0.966 with the
+drains, 0.979 without, 192 pairs each). Steps that finish before they
+return (PyTorch and TensorFlow on a CPU) are timed one by one.
 """
 
 from __future__ import annotations
@@ -118,14 +123,12 @@ def train_phase(
     lrs = learning_rates(net, plan)
     times = np.empty(plan.total_steps)
     clock = StepClock(backend, times, cell.warmup)
-    epoch_losses: list[float] = []
-    loss0 = float("nan")
+    handles: list[Any] = []  # every step's loss, read once the phase is done
     backend.reset_peak_memory()
     started = time.perf_counter()
     between = 0.0  # epoch_end's time
     step = 0
     for epoch in range(plan.epochs):
-        handles = []
         scale = warmup_factor(epoch, warmup_epochs)
         for batch in range(plan.steps_per_epoch):
             t0 = time.perf_counter()
@@ -141,22 +144,22 @@ def train_phase(
             clock.stepped(step, t0, loss, state, loss)
             handles.append(loss)
             step += 1
-        clock.drain(state)
-        losses = backend.to_numpy(handles).astype(np.float64)
-        if epoch == 0:
-            loss0 = float(losses[0])
-        epoch_losses.append(float(losses.mean()))
         cell.emit({"phase": phase, "epoch": epoch + 1, "epochs": plan.epochs})
-        if epoch_end is not None:
+        if epoch_end is not None:  # it reads the state: the last step must be done
+            clock.drain(state)
             t0 = time.perf_counter()
             epoch_end(epoch, state)
             between += time.perf_counter() - t0
+    clock.drain(state)
+    losses = backend.to_numpy(handles).astype(np.float64).reshape(plan.epochs, -1)
+    loss0 = float(losses[0, 0])
+    epoch_losses = [float(v) for v in losses.mean(axis=1)]
     wall = time.perf_counter() - started - between
     if not np.all(np.isfinite(epoch_losses)):
         raise FloatingPointError(f"{phase}: the training loss is not finite: {epoch_losses}")
     timing = step_stats(times, cell.warmup, plan.batch_size)
-    loaded = cell.prepared.loaded
     if flops_per_step is None:
+        loaded = cell.prepared.loaded
         t_arch, s_arch = loaded.teacher_arch, loaded.student_arch
         method = loaded.spec.distill.method
         connectors = connector_forward_flops(method, loaded.pairs, t_arch, s_arch)

@@ -25,6 +25,53 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The vector and matrix extensions that decide which kernels a framework runs
+# (x86 "flags", Arm "Features"): one VM build with avx512_bf16 made bfloat16
+# faster than float32 in PyTorch, the build before it ten times slower, and
+# both called themselves the same CPU model.
+KERNEL_ISA = frozenset(
+    [
+        "sse4_2",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "avx_vnni",
+        "amx_tile",
+        "amx_bf16",
+        "amx_int8",
+        "amx_fp16",
+        "asimd",
+        "asimdhp",
+        "sve",
+        "sve2",
+        "bf16",
+        "i8mm",
+        "sme",
+    ]
+)
+
+
+def cpu_isa(cpuinfo: str | None = None) -> list[str] | None:
+    """The KERNEL_ISA extensions this CPU reports (None where /proc/cpuinfo is missing)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return sorted(KERNEL_ISA.intersection(value.split()))
+    return None
+
+
 @lru_cache(maxsize=1)
 def git_state() -> dict[str, Any]:
     """The kdbench commit and whether the tree had uncommitted changes."""
@@ -49,6 +96,7 @@ def host_environment() -> dict[str, Any]:
         "hostname": platform.node(),
         "os": f"{platform.system()} {platform.release()}",
         "cpu": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "python_implementation": sys.implementation.name,

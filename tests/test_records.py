@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kdbench.errors import KdbenchError
+from kdbench.host import cpu_isa
 from kdbench.records import append_record, load_runs, read_records, upgrade
 from kdbench.tables import summary
 
@@ -98,3 +99,11 @@ def test_cells_with_different_matrix_settings_never_share_a_row(tmp_path: Path) 
     table = summary(load_runs([tmp_path])).set_index("settings")
     assert table.loc["distill.temperature=2.0", "scratch acc %"] == "80.00"
     assert table.loc["distill.temperature=8.0", "scratch acc %"] == "60.00"
+
+
+def test_cpu_isa_names_the_kernel_deciding_extensions_of_x86_and_arm() -> None:
+    x86 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_bf16 amx_tile rdrand\n"
+    assert cpu_isa(x86) == ["amx_tile", "avx", "avx2", "avx512_bf16", "avx512f", "fma", "sse4_2"]
+    arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm sve bf16 i8mm\n"
+    assert cpu_isa(arm) == ["asimd", "bf16", "i8mm", "sve"]
+    assert cpu_isa("processor\t: 0\n") is None  # no flags line: unknown, not "none"

@@ -23,9 +23,11 @@ from conftest import tiny_spec
 
 from kdbench.backends.base import is_installed
 from kdbench.errors import KdbenchError
+from kdbench.host import cpu_isa
 from kdbench.report import FORMATS, parse_formats, write_report
-from kdbench.report.aggregate import build
+from kdbench.report.aggregate import build, load
 from kdbench.report.plots import _steady_times
+from kdbench.report.provenance import runs_environment
 from kdbench.report.quantities import describe, format_stat
 
 MIB = 1024**2
@@ -684,4 +686,7 @@ def test_report_of_a_real_run(real_run: Path) -> None:
     assert phases[("distillation", "pytorch")]["GFLOP/s"] != "-"
     loss = sorted((real_run / "report" / "plots").glob("*-loss.png"))
     assert loss and loss[0].stat().st_size > 10_000
+    # The CPU's vector extensions, which decide its kernels, are in the run's row.
+    runs = runs_environment(load([real_run]))
+    assert runs["cpu ISA"].tolist() == [" ".join(cpu_isa() or []) or "-"]
     assert hashlib.sha256((real_run / "results.jsonl").read_bytes()).hexdigest() == digest

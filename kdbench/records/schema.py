@@ -77,6 +77,7 @@ class Host(_Part):
     executor: str | None = None  # what dispatched it: local, ray or slurm (None: older records)
     os: str | None = None
     cpu: str | None = None
+    cpu_isa: list[str] | None = None  # its vector/matrix extensions (kdbench.host.KERNEL_ISA)
     cpu_count: int | None = None
     python: str | None = None
     python_implementation: str | None = None

@@ -57,12 +57,18 @@ def runs_environment(frame: pd.DataFrame) -> pd.DataFrame:
                 "kdbench": _unique(cells.get("host.kdbench_version", pd.Series([None]))),
                 "os": _unique(cells.get("host.os", pd.Series([None]))),
                 "cpu": _unique(cells[column("host.cpu")]),
+                "cpu ISA": _unique(cells.get("host.cpu_isa", pd.Series([None])).map(_isa)),
                 "CPUs": _unique(cells[column("host.cpu_count")]),
                 "python": _unique(cells.get("host.python", pd.Series([None]))),
                 "command": " ".join(manifest.get("argv", [])) or "-",
             }
         )
     return pd.DataFrame(rows)
+
+
+def _isa(value: Any) -> str | None:
+    """A record's cpu_isa list as one cell of text (older records: none)."""
+    return " ".join(value) if isinstance(value, list | tuple) else None
 
 
 def _manifest(run_dir: Path) -> dict[str, Any]:

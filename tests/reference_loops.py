@@ -80,13 +80,42 @@ def assert_same_steps(backend_name: str, cell: Any, steps: int = 20) -> None:
     assert ours[-1] < ours[0]  # it learns: the steps are real updates
 
 
+def kdbench_logits(backend_name: str, cell: Any, rows: int) -> np.ndarray:
+    """The teacher's logits of the first test images through the backend's predict."""
+    from kdbench.backends.base import Settings, get_backend
+
+    backend = get_backend(backend_name)
+    backend.setup(Settings(threads=1))
+    test = backend.put_dataset(cell.data.x_test, cell.data.y_test)
+    teacher = backend.build(cell.loaded.teacher_arch, cell.teacher_weights, seed=cell.teacher_seed)
+    out = backend.predict(teacher, test, np.arange(rows, dtype=np.int32))
+    return backend.to_numpy(out).astype(np.float64)
+
+
+def reference_logits(module: ModuleType, cell: Any, rows: int) -> np.ndarray:
+    """The same images through a reference's inference loop."""
+    run = module.setup_inference(cell.data.x_test, cell.loaded.teacher_arch, cell.teacher_weights)
+    return module.infer(run, np.arange(rows, dtype=np.int32), 2)
+
+
+def assert_same_inference(backend_name: str, cell: Any, rows: int = 64) -> None:
+    """The reference's inference runs the backend's network: same logits."""
+    ours = kdbench_logits(backend_name, cell, rows)
+    theirs = reference_logits(load(backend_name), cell, rows)
+    assert theirs.dtype == np.float64 and theirs.shape == (rows, 10)
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4 * np.abs(ours).max())
+
+
 def ratio_figures(backend_name: str, phase: str) -> dict[str, Any]:
-    """ratio.measure on one short round, with what every backend's figures must show."""
+    """ratio.measure on one short round, with what every backend's figures must show.
+
+    A training block is 54 steps; an inference block is eval_phase's 11 batches."""
+    steps = 11 if phase == "teacher-inference" else 54
     figures = load("ratio").measure(
-        backend_name, "mnist5k", repeats=1, steps=54, threads=1, phase=phase
+        backend_name, "mnist5k", repeats=1, steps=steps, threads=1, phase=phase
     )
     assert figures["phase"] == phase
-    assert figures["pairs"] == 1 and figures["steps_per_block"] == 54
+    assert figures["pairs"] == 1 and figures["steps_per_block"] == steps
     assert figures["loss_max_rel_diff"] < 1e-5  # the pair took the same steps
     assert 0.2 < figures["ratio"] < 5.0  # a throughput ratio, not a placeholder
     return figures

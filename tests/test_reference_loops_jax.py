@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from reference_loops import (
     REFERENCE,
+    assert_same_inference,
     assert_same_steps,
     kdbench_losses,
     load,
@@ -103,7 +104,11 @@ def test_dropout_in_the_trained_net_is_refused(cell) -> None:
         load("jax").network(with_dropout, cell.student_weights, train=True)
 
 
-@pytest.mark.parametrize("phase", ["distill", "teacher"])
+def test_the_jax_reference_infers_kdbenchs_logits(cell) -> None:
+    assert_same_inference("jax", cell)
+
+
+@pytest.mark.parametrize("phase", ["distill", "teacher", "teacher-inference"])
 def test_the_ratio_tool_pairs_jax_blocks_and_checks_their_losses(phase: str) -> None:
     assert ratio_figures("jax", phase)["compile_mode"] == "jax.jit"
 

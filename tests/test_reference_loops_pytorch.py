@@ -17,12 +17,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from reference_loops import (
+    assert_same_inference,
     assert_same_steps,
+    kdbench_logits,
     kdbench_losses,
     kdbench_phase_losses,
     load,
     mnist5k_cell,
     ratio_figures,
+    reference_logits,
     reference_losses,
     reference_phase_losses,
     tiny_resnet_cell,
@@ -86,9 +89,16 @@ def test_a_reference_with_the_flatten_order_wrong_is_caught(cell, monkeypatch) -
     monkeypatch.setattr(module, "network", unpermuted)
     ours, theirs = kdbench_losses("pytorch", cell, 5), reference_losses(module, cell, 5)
     assert not np.allclose(theirs, ours, rtol=1e-5)
+    # The inference check catches it too (the logits of the same images).
+    ours, theirs = kdbench_logits("pytorch", cell, 64), reference_logits(module, cell, 64)
+    assert not np.allclose(theirs, ours, rtol=1e-4, atol=1e-4 * np.abs(ours).max())
 
 
-@pytest.mark.parametrize("phase", ["distill", "teacher"])
+def test_the_pytorch_reference_infers_kdbenchs_logits(cell) -> None:
+    assert_same_inference("pytorch", cell)
+
+
+@pytest.mark.parametrize("phase", ["distill", "teacher", "teacher-inference"])
 def test_the_ratio_tool_pairs_pytorch_blocks_and_checks_their_losses(phase: str) -> None:
     figures = ratio_figures("pytorch", phase)
     assert figures["compile_mode"] == "eager"

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from reference_loops import (
+    assert_same_inference,
     assert_same_steps,
     kdbench_losses,
     load,
@@ -273,6 +274,10 @@ def test_the_bf16_reference_takes_kdbenchs_bf16_steps(net: str, phase: str, requ
     assert rel_diff(theirs, float32) > FLOAT32_NOISE
 
 
-@pytest.mark.parametrize("phase", ["distill", "teacher"])
+def test_the_tensorflow_reference_infers_kdbenchs_logits(cell) -> None:
+    assert_same_inference("tensorflow", cell)
+
+
+@pytest.mark.parametrize("phase", ["distill", "teacher", "teacher-inference"])
 def test_the_ratio_tool_pairs_tensorflow_blocks_and_checks_their_losses(phase: str) -> None:
     assert ratio_figures("tensorflow", phase)["compile_mode"] == "tf.function"

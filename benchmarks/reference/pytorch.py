@@ -321,3 +321,36 @@ def train(ref: Reference, indices: np.ndarray, lrs: np.ndarray) -> np.ndarray:
         ref.optimizer.step()
         losses.append(loss.detach())
     return torch.stack(losses).numpy().astype(np.float64)
+
+
+@dataclass
+class Inference:
+    x: torch.Tensor  # NCHW view with channels-last strides
+    net: nn.Module  # in eval() mode
+    bf16: bool = False
+
+
+def setup_inference(
+    x: np.ndarray, arch: Any, weights: dict[str, np.ndarray], *, precision: str = "float32"
+) -> Inference:
+    """The split and the network in eval() mode, for timed inference."""
+    if precision not in ("float32", "bf16"):
+        raise ValueError(f"no {precision} reference loop")
+    data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(0, 3, 1, 2)
+    net = network(arch, weights).eval().requires_grad_(False)
+    return Inference(x=data, net=net, bf16=precision == "bf16")
+
+
+def infer(ref: Inference, idx: np.ndarray, batches: int) -> np.ndarray:
+    """The rows idx through the network, batches times; the last logits (float64).
+
+    As the performance guide has it: ``torch.inference_mode()``, the
+    channels-last batch, autocast under bf16."""
+    rows = torch.from_numpy(idx.astype(np.int64))
+    with (
+        torch.inference_mode(),
+        torch.autocast(ref.x.device.type, dtype=torch.bfloat16, enabled=ref.bf16),
+    ):
+        for _ in range(batches):
+            logits = ref.net(ref.x[rows])
+    return logits.float().numpy().astype(np.float64)

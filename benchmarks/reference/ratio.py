@@ -1,7 +1,8 @@
 """kdbench against the expert-written reference loop: throughput ratio per backend and spec.
 
     .venv/bin/python benchmarks/reference/ratio.py [--backends pytorch] [--specs mnist5k]
-        [--precision float32 bf16] [--repeats 3] [--steps 216] [--threads 1]
+        [--phases distill teacher teacher-inference] [--precision float32 bf16]
+        [--repeats 3] [--steps 216] [--threads 1]
 
 For each backend that has a reference loop here (``<backend>.py`` beside this
 file) and each spec, in a child process of its own (one framework per
@@ -15,6 +16,12 @@ median over pairs of kdbench / reference throughput, with its quartiles. A
 pair's losses must agree: the reference computes the same step, not a
 cheaper one. Goal: ratio >= 0.97; where kdbench is slower, the backend is
 what gets fixed, never the reference.
+
+Phase "teacher-inference" times the teacher's inference instead: the real
+``eval_phase`` (one warm-up batch and EVAL_REPEATS timed batches of the
+spec's eval batch, as a cell's ``eval_teacher``) against the reference's
+``infer`` over the same batch as many times; a pair's batch cross-entropy
+must agree.
 """
 
 # ruff: noqa: E402 (the imports after the sys.path fix below must stay after it)
@@ -27,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -41,7 +49,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kdbench.backends.base import LossConfig
-from kdbench.harness.phases import train_phase
+from kdbench.harness.phases import EVAL_REPEATS, eval_phase, train_phase
 from kdbench.plan import BatchPlan, learning_rates
 from kdbench.settings import Settings
 from kdbench.tools.overhead.measure import Bench, Timing, prepare, split_plan, summarise
@@ -67,7 +75,8 @@ def backends_with_reference() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.py") if p.stem not in ("ratio", "__init__"))
 
 
-PHASES = ("distill", "teacher")
+INFERENCE = "teacher-inference"
+PHASES = ("distill", "teacher", INFERENCE)
 
 
 @dataclass(frozen=True)
@@ -150,6 +159,95 @@ class ReferenceSide:
         return Timing(wall, cpu, losses.reshape(plan.epochs, -1).mean(axis=1))
 
 
+def batch_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The cross-entropy of one batch's logits: both sides must compute the same net."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return np.array([np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(z)), labels])])
+
+
+class KdbenchInference:
+    """The harness's inference phase of the teacher: eval_phase as a cell runs it
+    (one warm-up batch, then EVAL_REPEATS timed batches of the eval batch)."""
+
+    def __init__(self, bench: Bench, batch: int) -> None:
+        data, b = bench.prepared.data, bench.backend
+        self.bench, self.batch, self.labels = bench, batch, data.y_test[:batch]
+        self.test = b.put_dataset(data.x_test, data.y_test)
+        self.arch = bench.prepared.loaded.teacher_arch
+        self.timed(None)  # compiles
+
+    def timed(self, block: Any) -> Timing:
+        b = self.bench.backend
+        c0, t0 = time.process_time(), time.perf_counter()
+        eval_phase(self.bench.cell, self.bench.teacher, self.arch, self.test, self.batch)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        logits = b.to_numpy(
+            b.predict(self.bench.teacher, self.test, np.arange(self.batch, dtype=np.int32))
+        )
+        return Timing(wall, cpu, batch_loss(logits, self.labels))
+
+
+class ReferenceInference:
+    """The reference's inference loop over the same batch, as many times."""
+
+    def __init__(self, bench: Bench, module: ModuleType, batch: int, precision: str) -> None:
+        p = bench.prepared
+        self.module, self.labels = module, p.data.y_test[:batch]
+        self.run = module.setup_inference(
+            p.data.x_test, p.loaded.teacher_arch, p.teacher_weights, precision=precision
+        )
+        self.idx = np.arange(batch, dtype=np.int32)
+        module.infer(self.run, self.idx, 1)  # compiles
+
+    def timed(self, block: Any) -> Timing:
+        c0, t0 = time.process_time(), time.perf_counter()
+        logits = self.module.infer(self.run, self.idx, 1 + EVAL_REPEATS)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return Timing(wall, cpu, batch_loss(logits, self.labels))
+
+
+def training_sides(
+    bench: Bench, module: ModuleType, phase: str, steps: int, precision: str, block_epochs: int
+) -> tuple[Callable[[], dict[str, Any]], list[BatchPlan]]:
+    """Fresh sides for one repeat (each compiles anew), and the timed blocks."""
+    inputs = phase_inputs(bench, phase)
+    epochs = max(1, round(steps / inputs.plan.steps_per_epoch))
+    epochs = min(epochs, inputs.plan.epochs - 1)  # epoch 0's start is the warm-up
+    warm, _ = split_plan(inputs.plan, bench.cell.warmup, epochs)  # timed blocks: cut below
+    # Timed blocks of block_epochs epochs each: a cell pays train_phase's fixed
+    # cost (its record: about 1 ms) once per phase, a block once per block.
+    k = max(1, min(block_epochs, epochs))
+    blocks = [
+        BatchPlan(inputs.plan.indices[1 + e : 1 + e + k]) for e in range(0, epochs - k + 1, k)
+    ]
+
+    def sides() -> dict[str, Any]:
+        return {
+            "kdbench": KdbenchSide(bench, inputs, warm),
+            "reference": ReferenceSide(bench, inputs, module, warm, precision),
+        }
+
+    return sides, blocks
+
+
+def inference_sides(
+    bench: Bench, module: ModuleType, steps: int, precision: str
+) -> tuple[Callable[[], dict[str, Any]], list[BatchPlan]]:
+    """Fresh sides for one repeat, and the blocks: each one eval_phase's batches."""
+    batch = min(bench.prepared.spec.measure.eval_batch_size, len(bench.prepared.data.y_test))
+    rows = np.broadcast_to(np.arange(batch), (1, 1 + EVAL_REPEATS, batch))
+    blocks = [BatchPlan(np.array(rows))] * max(1, round(steps / (1 + EVAL_REPEATS)))
+
+    def sides() -> dict[str, Any]:
+        return {
+            "kdbench": KdbenchInference(bench, batch),
+            "reference": ReferenceInference(bench, module, batch, precision),
+        }
+
+    return sides, blocks
+
+
 def measure(
     backend: str,
     spec: str,
@@ -164,22 +262,13 @@ def measure(
     started = time.perf_counter()
     module = reference_module(backend)
     bench = prepare(backend, spec=spec, settings=Settings(threads=threads, precision=precision))
-    inputs = phase_inputs(bench, phase)
-    epochs = max(1, round(steps / inputs.plan.steps_per_epoch))
-    epochs = min(epochs, inputs.plan.epochs - 1)  # epoch 0's start is the warm-up
-    warm, _ = split_plan(inputs.plan, bench.cell.warmup, epochs)  # timed blocks: cut below
-    # Timed blocks of block_epochs epochs each: a cell pays train_phase's fixed
-    # cost (its record: about 1 ms) once per phase, a block once per block.
-    k = max(1, min(block_epochs, epochs))
-    blocks = [
-        BatchPlan(inputs.plan.indices[1 + e : 1 + e + k]) for e in range(0, epochs - k + 1, k)
-    ]
+    if phase == INFERENCE:
+        make_sides, blocks = inference_sides(bench, module, steps, precision)
+    else:
+        make_sides, blocks = training_sides(bench, module, phase, steps, precision, block_epochs)
     pairs: list[tuple[Timing, Timing]] = []
     for r in range(repeats):
-        sides = {
-            "kdbench": KdbenchSide(bench, inputs, warm),
-            "reference": ReferenceSide(bench, inputs, module, warm, precision),
-        }
+        sides = make_sides()
         for k, block in enumerate(blocks):
             swap = (r * len(blocks) + k) % 2
             order = ("reference", "kdbench") if swap else ("kdbench", "reference")
@@ -244,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backends", nargs="+", choices=backends_with_reference())
     p.add_argument("--specs", nargs="+", default=["mnist5k"])
-    p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
+    p.add_argument("--phases", nargs="+", choices=PHASES, default=["distill", "teacher"])
     p.add_argument("--precision", nargs="+", choices=("float32", "bf16"), default=["float32"])
     p.add_argument("--repeats", type=int, default=3, help="rounds, each with fresh state")
     p.add_argument("--steps", type=int, default=216, help="timed steps per round and side")

@@ -332,3 +332,34 @@ def train(ref: Reference, indices: np.ndarray, lrs: np.ndarray) -> np.ndarray:
         for idx, lr in zip(rows, lrs.tolist(), strict=True)
     ]
     return tf.stack(losses).numpy().astype(np.float64)
+
+
+@dataclass
+class Inference:
+    x: tf.Tensor  # the split on the device, NHWC
+    forward: Any  # the tf.function (x, indices) -> logits
+
+
+def setup_inference(
+    x: np.ndarray, arch: Any, weights: dict[str, np.ndarray], *, precision: str = "float32"
+) -> Inference:
+    """The split and the traced forward pass (training=False), for timed inference."""
+    if precision not in POLICIES:
+        raise ValueError(f"no {precision} reference loop (only {', '.join(POLICIES)})")
+    model = network(arch, weights, precision)
+
+    @tf.function(jit_compile=JIT)
+    def forward(x: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+        return model(tf.gather(x, indices), training=False)
+
+    return Inference(
+        x=tf.identity(tf.convert_to_tensor(np.asarray(x, np.float32))), forward=forward
+    )
+
+
+def infer(ref: Inference, idx: np.ndarray, batches: int) -> np.ndarray:
+    """The rows idx through the network, batches times; the last logits (float64)."""
+    rows = tf.constant(idx.astype(np.int32))
+    for _ in range(batches):
+        logits = ref.forward(ref.x, rows)
+    return logits.numpy().astype(np.float64)

@@ -152,3 +152,22 @@ def test_a_phase_keeps_its_step_in_flight_across_epochs_and_drains_before_an_eva
     # An evaluation reads the state: the epoch's last step is done before it runs.
     assert backend.waits == [1, 2, *range(4, 6), 5, *range(7, 11), 10, *range(12, 16), 15]
     assert evaluated == [5, 10, 15] and phase.epoch_eval_s is not None
+
+
+def test_independent_steps_are_all_dispatched_before_the_first_wait() -> None:
+    """depth=None (inference batches): one burst of dispatches, then waits in
+    order; each interval is a step's, and together they tile the wall time."""
+    backend = AsyncBackend()
+    times = np.zeros(8)
+    clock = StepClock(backend, times, 1, depth=None)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    for index in range(8):
+        start = time.perf_counter()
+        _, step = backend.train_step(0, None, None, 0.0, 1.0)
+        clock.stepped(index, start, step, step)
+    clock.drain()
+    wall = time.perf_counter() - t0
+    backend.queue.shutdown()
+    assert backend.waits == [1, 8, 8, 8, 8, 8, 8, 8]  # the warm-up alone, then after the burst
+    assert np.all(times[1:] >= 0.8 * DEVICE_S)  # the device's time, each step in turn
+    assert times.sum() == pytest.approx(wall, rel=0.05)

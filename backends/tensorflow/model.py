@@ -185,7 +185,10 @@ class TFModule(tf.Module):
     ) -> None:
         """running = (1 - m) running + m batch, the variance unbiased; no gradient."""
         m = layer.momentum
-        n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+        if x.shape[:-1].is_fully_defined():  # a constant in the graph: no ops a step
+            n = float(np.prod(x.shape[:-1]))
+        else:
+            n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
         mean, var = tf.stop_gradient(mean), tf.stop_gradient(var)
         running_mean, running_var = self.state[f"{name}mean"], self.state[f"{name}var"]
         running_mean.assign((1.0 - m) * running_mean + m * mean)

@@ -59,14 +59,12 @@ presents first) and its "Performance considerations" guide:
   the optimizer, masked to the kernels where the spec says decay =
   "kernels"), SGD's momentum buffer ``optax.trace`` (torch's), Adam's eps
   outside the square root (optax's default).
-One jitted call per step, as a user timing each step writes it (a
-``jax.lax.scan`` over the epoch would also remove the per-call dispatch,
-which the harness cannot). Nothing waits between steps: JAX dispatches
-asynchronously and the losses are read at the end, as the PyTorch reference
-does; the harness syncs every step to time it, which this loop does not pay
-(about 8% of a 5 ms CPU step, measured). Dropout is refused in the
-student: its masks come from an RNG stream that kdbench's would not match,
-so the losses could not be compared.
+One jitted call per step (a ``jax.lax.scan`` over the epoch would also
+remove the per-call dispatch, which a harness timing each step cannot).
+Nothing waits between steps; the losses are read at the end. Dropout is
+refused in the student: its masks would not be kdbench's, so the losses
+could not be compared. Inference (``infer``) merges the net inside one
+``jax.jit`` and dispatches every batch before reading the last.
 """
 
 from __future__ import annotations
@@ -107,7 +105,7 @@ def flatten(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
 
 
-def global_avgpool(x: jax.Array) -> jax.Array:
+def global_avgpool(x: jax.Array) -> jax.Array:  # the CIFAR ResNet's head
     return x.mean(axis=(1, 2))
 
 
@@ -115,8 +113,7 @@ class Residual(nnx.Module):
     """A residual block: body(x) + shortcut(x), shortcut None the identity."""
 
     def __init__(self, body: nnx.Sequential, shortcut: nnx.Sequential | None) -> None:
-        self.body = body
-        self.shortcut = shortcut
+        self.body, self.shortcut = body, shortcut
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
@@ -246,8 +243,7 @@ def kernels(params: Any) -> Any:
     """True on the kernels (conv and dense) of a params tree: decay = "kernels"."""
 
     def is_kernel(path: tuple[Any, ...], _: Any) -> bool:
-        keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
-        return keys[-1] == "kernel"
+        return [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1] == "kernel"
 
     return jax.tree_util.tree_map_with_path(is_kernel, params)
 
@@ -376,17 +372,14 @@ def train(ref: Reference, indices: np.ndarray, lrs: np.ndarray) -> np.ndarray:
 @dataclass
 class Inference:
     x: jax.Array  # NHWC float32, on the device
-    state: State  # the network's params and running statistics
+    state: State  # the network's params and running statistics, plain dicts
     forward: Callable[[State, jax.Array, Any], jax.Array]  # jitted (state, x, idx) -> logits
 
 
 def setup_inference(
     x: np.ndarray, arch: Any, weights: dict[str, np.ndarray], *, precision: str = "float32"
 ) -> Inference:
-    """The split and the jitted forward pass in inference mode, for timed inference.
-
-    The functional form again: the state crosses the jit boundary as plain
-    dicts, merged inside the trace; the batch gathered inside the step."""
+    """The split and the jitted forward pass in inference mode (the functional form)."""
     if precision not in DTYPES:
         raise ValueError(f"no {precision} reference loop")
     dtype = DTYPES[precision]
@@ -395,16 +388,12 @@ def setup_inference(
     def forward(state: State, x: jax.Array, idx: Any) -> jax.Array:
         return nnx.merge(graphdef, state)(x[idx].astype(dtype)).astype(jnp.float32)
 
-    return Inference(
-        x=jax.device_put(np.ascontiguousarray(x, dtype=np.float32)),
-        state=nnx.to_pure_dict(variables),
-        forward=jax.jit(forward),
-    )
+    data = jax.device_put(np.ascontiguousarray(x, dtype=np.float32))
+    return Inference(data, nnx.to_pure_dict(variables), jax.jit(forward))
 
 
 def infer(ref: Inference, idx: np.ndarray, batches: int) -> np.ndarray:
-    """The rows idx through the network, batches times, dispatched without a
-    wait in between; the last logits (float64), once all are done."""
+    """The rows idx through the network, batches times; the last logits (float64)."""
     rows = jax.device_put(idx.astype(np.int32))
     for _ in range(batches):
         logits = ref.forward(ref.state, ref.x, rows)

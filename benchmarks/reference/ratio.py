@@ -47,6 +47,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from scipy.special import logsumexp
 
 from kdbench.backends.base import LossConfig
 from kdbench.harness.phases import EVAL_REPEATS, eval_phase, train_phase
@@ -171,8 +172,7 @@ class ReferenceSide:
 def batch_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The cross-entropy of one batch's logits: both sides must compute the same net."""
     z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    return np.array([np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(z)), labels])])
+    return np.array([np.mean(logsumexp(z, axis=1) - z[np.arange(len(z)), labels])])
 
 
 class KdbenchInference:
